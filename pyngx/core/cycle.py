@@ -1,0 +1,93 @@
+"""The cycle: one loaded configuration, compiled into the objects the processes run.
+
+`load_cycle` parses the main file (and `-g` directives, which nginx applies first), walks the
+tree through the registry, merges every level, opens log files and resolves upstreams. Any
+problem raises ConfigError with nginx's wording, before a socket is touched, so `-t`, startup
+and reload all fail the same way and a running server keeps its old cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyngx.conf.errors import COMMAND_LINE, ConfigError, DirectiveValueError
+from pyngx.conf.parser import parse_config, parse_string
+from pyngx.conf.registry import Context, Registry
+from pyngx.core import main_module
+from pyngx.core.log import ErrorLog, LogTarget, OpenFiles
+from pyngx.core.main_module import ErrorLogSpec, MainConf
+from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
+from pyngx.stream import module as stream_module
+from pyngx.stream.module import StreamServer
+
+
+def build_registry() -> Registry:
+    reg = Registry()
+    main_module.register(reg)
+    stream_module.register(reg)
+    return reg
+
+
+REGISTRY = build_registry()
+
+
+@dataclass(slots=True)
+class Cycle:
+    paths: Paths
+    main: MainConf
+    error_log: ErrorLog
+    files: OpenFiles
+    stream_servers: list[StreamServer]
+    conf_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def pid_path(self) -> str:
+        return self.main.pid_path
+
+
+def load_cycle(paths: Paths, global_directives: str | None = None) -> Cycle:
+    """Parse, check and compile the configuration; raise ConfigError on any problem."""
+    root = Context("main", REGISTRY)
+    if global_directives:
+        root.run(parse_string(global_directives, COMMAND_LINE, conf_prefix=paths.conf_prefix))
+    parsed = parse_config(paths.conf_path, conf_prefix=paths.conf_prefix)
+    root.run(parsed.nodes)
+    files = OpenFiles()
+    try:
+        try:
+            main = main_module.build_main(root, paths.full)
+        except DirectiveValueError as exc:
+            raise ConfigError(exc.text) from None
+        if not main.pid_path:
+            main = _replace(main, pid_path=DEFAULT_PID_PATH)
+        main = _replace(main, pid_path=paths.full(main.pid_path))
+        specs = main.error_logs or (ErrorLogSpec(DEFAULT_ERROR_LOG, 3),)
+
+        def make_error_log(specs: list[ErrorLogSpec] | tuple[ErrorLogSpec, ...]) -> ErrorLog:
+            targets = []
+            for spec in specs:
+                try:
+                    targets.append(LogTarget(files.open(paths.full(spec.path)), spec.level))
+                except OSError as exc:
+                    raise ConfigError(str(exc.strerror)) from None
+            return ErrorLog(targets)
+
+        error_log = make_error_log(specs)
+
+        def open_file(path: str) -> object:
+            return files.open(paths.full(path))
+
+        servers: list[StreamServer] = []
+        stream = root.local("stream")
+        if stream is not None:
+            servers = stream_module.build(stream, open_file, make_error_log, error_log)
+    except BaseException:
+        files.close()
+        raise
+    return Cycle(paths, main, error_log, files, servers, parsed.files)
+
+
+def _replace(main: MainConf, **changes: object) -> MainConf:
+    from dataclasses import replace
+
+    return replace(main, **changes)  # type: ignore[arg-type]

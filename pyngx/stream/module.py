@@ -1,0 +1,409 @@
+"""The stream module's directives and their compilation into `StreamServer` objects.
+
+Directives store raw values into the level they appear at (`stream` or `server`); `build`
+merges each server with its `stream` block and nginx's defaults (ngx_stream_proxy_merge_srv_conf)
+and resolves upstream addresses, so that connections only read frozen attributes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyngx.conf.errors import ConfigError, DirectiveValueError
+from pyngx.conf.parser import Node
+from pyngx.conf.registry import (
+    NOARGS,
+    ONEMORE,
+    TAKE1,
+    TAKE12,
+    TWOMORE,
+    Context,
+    Registry,
+    flag_slot,
+    ignore,
+    size_slot,
+    time_slot,
+)
+from pyngx.conf.values import (
+    SockAddr,
+    Url,
+    UrlError,
+    parse_number,
+    parse_size,
+    parse_time,
+    parse_url,
+    resolve_host,
+)
+from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
+from pyngx.core.log import ErrorLog
+from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
+from pyngx.stream.variables import STREAM_VARIABLES
+
+STREAM, SERVER = "stream", "stream_server"
+BOTH = (STREAM, SERVER)
+NGX_LISTEN_BACKLOG = 511
+
+
+@dataclass(frozen=True, slots=True)
+class ListenOpts:
+    """One `listen` of a stream server; `where` is `file:line` for bind errors."""
+
+    addr: SockAddr
+    wildcard: bool
+    proxy_protocol: bool
+    backlog: int
+    bind: bool
+    ipv6only: bool
+    reuseport: bool
+    so_keepalive: bool | tuple[int | None, int | None, int | None] | None
+    rcvbuf: int | None
+    sndbuf: int | None
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where `proxy_pass` goes: the text as written and its resolved addresses."""
+
+    name: str
+    addrs: tuple[SockAddr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamServer:
+    index: int
+    listens: tuple[ListenOpts, ...]
+    upstream: Upstream
+    proxy_protocol: int  # 0 off, 1 on (v1), 2 v2
+    connect_timeout: float
+    timeout: float
+    buffer_size: int
+    bind: SockAddr | None
+    socket_keepalive: bool
+    upload_rate: int
+    download_rate: int
+    half_close: bool
+    tcp_nodelay: bool
+    preread_buffer_size: int
+    preread_timeout: float
+    proxy_protocol_timeout: float
+    realip_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...]
+    access_logs: tuple[AccessLog, ...]
+    error_log: ErrorLog
+    where: str
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+
+def _stream(ctx: Context, node: Node) -> None:
+    if "stream" in ctx.slots:
+        raise node.error('"stream" directive is duplicate')
+    child = ctx.child(STREAM, node)
+    ctx.slots["stream"] = child
+    child.slots["log_formats"] = {}
+    child.run(node.block or [])
+
+
+def _server(ctx: Context, node: Node) -> None:
+    child = ctx.child(SERVER, node)
+    child.run(node.block or [])
+
+
+_SO_KEEPALIVE_PARTS = 3
+
+
+def _parse_keepalive(value: str) -> bool | tuple[int | None, int | None, int | None]:
+    if value in ("on", "off"):
+        return value == "on"
+    parts = value.split(":")
+    if len(parts) != _SO_KEEPALIVE_PARTS:
+        raise ValueError
+    out: list[int | None] = []
+    for i, p in enumerate(parts):
+        if not p:
+            out.append(None)
+        elif i < 2:
+            out.append(int(parse_time(p)))
+        else:
+            out.append(parse_number(p))
+    return (out[0], out[1], out[2])
+
+
+def _listen(ctx: Context, node: Node) -> None:
+    text = node.args[0]
+    try:
+        url = parse_url(text, listen=True)
+    except UrlError as exc:
+        raise node.error(f'{exc.text} in "{text}" of the "listen" directive') from None
+    if url.port is None and not text.startswith("unix:"):
+        raise node.error(f'no port in "{text}" of the "listen" directive')
+    opts: dict[str, Any] = {
+        "proxy_protocol": False,
+        "backlog": NGX_LISTEN_BACKLOG,
+        "bind": False,
+        "ipv6only": True,
+        "reuseport": False,
+        "so_keepalive": None,
+        "rcvbuf": None,
+        "sndbuf": None,
+    }
+    for param in node.args[1:]:
+        name, eq, value = param.partition("=")
+        if param == "proxy_protocol":
+            opts["proxy_protocol"] = True
+        elif param == "bind":
+            opts["bind"] = True
+        elif param == "reuseport":
+            opts["reuseport"] = True
+        elif name == "backlog" and eq:
+            try:
+                opts["backlog"] = int(value)
+            except ValueError:
+                raise node.error(f'invalid backlog "{value}"') from None
+            if opts["backlog"] == 0:
+                raise node.error(f'invalid backlog "{value}"')
+        elif name in ("rcvbuf", "sndbuf") and eq:
+            try:
+                opts[name] = parse_size(value)
+            except DirectiveValueError:
+                raise node.error(f'invalid {name} "{value}"') from None
+        elif name == "ipv6only" and eq:
+            if value not in ("on", "off"):
+                raise node.error(f'invalid ipv6only flags "{value}"')
+            opts["ipv6only"] = value == "on"
+            opts["bind"] = True
+        elif name == "so_keepalive" and eq:
+            try:
+                opts["so_keepalive"] = _parse_keepalive(value)
+            except (ValueError, DirectiveValueError):
+                raise node.error(f'invalid so_keepalive value: "{value}"') from None
+            opts["bind"] = True
+        elif param in ("ssl", "udp"):
+            raise node.error(f'the "{param}" parameter of "listen" is not supported yet')
+        elif name in ("fastopen", "deferred", "setfib", "accept_filter"):
+            continue
+        else:
+            raise node.error(f'invalid parameter "{param}"')
+    where = f"{node.file}:{node.line}"
+    for addr in url.addrs:
+        wildcard = addr.host in ("0.0.0.0", "::")
+        if opts["reuseport"]:
+            opts["bind"] = True
+        ctx.append("listen", ListenOpts(addr, wildcard, where=where, **opts), node)
+
+
+def _proxy_pass(ctx: Context, node: Node) -> None:
+    text = node.args[0]
+    if "proxy_pass" in ctx.slots:
+        raise node.error('"proxy_pass" directive is duplicate')
+    if "$" in text:
+        raise node.error('variables in "proxy_pass" are not supported yet')
+    try:
+        url = parse_url(text, resolve=False)
+    except UrlError as exc:
+        raise node.error(f'{exc.text} in upstream "{text}"') from None
+    ctx.slots["proxy_pass"] = url
+    ctx.locations["proxy_pass"] = node
+
+
+def _proxy_protocol(ctx: Context, node: Node) -> None:
+    arg = node.args[0]
+    values = {"on": 1, "off": 0, "v2": 2}
+    if arg.lower() not in values:
+        raise DirectiveValueError(
+            f'invalid value "{arg}" in "{node.name}" directive, it must be "on", "off" or "v2"',
+            full=True,
+        )
+    ctx.set_once("proxy_protocol", values[arg.lower()], node)
+
+
+def _proxy_bind(ctx: Context, node: Node) -> None:
+    arg = node.args[0]
+    if arg == "off":
+        ctx.set_once("proxy_bind", None, node)
+        return
+    if len(node.args) > 1 and node.args[1] != "transparent":
+        raise node.error(f'invalid parameter "{node.args[1]}"')
+    if len(node.args) > 1:
+        raise node.error('the "transparent" parameter of "proxy_bind" is not supported')
+    if "$" in arg:
+        raise node.error('variables in "proxy_bind" are not supported yet')
+    try:
+        ip = ipaddress.ip_address(arg)
+    except ValueError:
+        raise node.error(f'invalid address "{arg}"') from None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    ctx.set_once("proxy_bind", SockAddr(family, (str(ip), 0)), node)
+
+
+def _set_real_ip_from(ctx: Context, node: Node) -> None:
+    arg = node.args[0]
+    if arg == "unix:":
+        ctx.append("set_real_ip_from", "unix:", node)
+        return
+    try:
+        net = ipaddress.ip_network(arg, strict=False)
+    except ValueError:
+        raise node.error(f'invalid parameter "{arg}"') from None
+    ctx.append("set_real_ip_from", net, node)
+
+
+def _log_format(ctx: Context, node: Node) -> None:
+    formats: dict[str, LogFormat] = ctx.slots["log_formats"]
+    name, args = node.args[0], node.args[1:]
+    if name in formats:
+        raise node.error(f'duplicate "log_format" name "{name}"')
+    escape = "default"
+    if args and args[0].startswith("escape="):
+        escape = args[0][7:]
+        if escape not in ESCAPES:
+            raise node.error(f'unknown log format escaping "{escape}"')
+        args = args[1:]
+    if not args:
+        raise node.error('invalid number of arguments in "log_format" directive')
+    formats[name] = compile_format(name, escape, "".join(args))
+
+
+def _access_log(ctx: Context, node: Node) -> None:
+    if node.args[0] == "off":
+        if len(node.args) > 1:
+            raise node.error('invalid number of arguments in "access_log" directive')
+        ctx.set_once("access_log", [], node)
+        return
+    if len(node.args) < 2:
+        raise node.error('invalid number of arguments in "access_log" directive')
+    formats: dict[str, LogFormat] = ctx.up(STREAM).slots["log_formats"]
+    fmt = formats.get(node.args[1])
+    if fmt is None:
+        raise node.error(f'unknown log format "{node.args[1]}"')
+    params: dict[str, Any] = {"buffer": 0, "flush": None, "if": None}
+    for p in node.args[2:]:
+        key, eq, value = p.partition("=")
+        try:
+            if key == "buffer" and eq:
+                params["buffer"] = parse_size(value)
+            elif key == "flush" and eq:
+                params["flush"] = parse_time(value)
+            elif key == "gzip":
+                raise node.error('the "gzip" parameter of "access_log" is not supported')
+            elif key == "if" and eq:
+                params["if"] = compile_complex(value, STREAM_VARIABLES)
+            else:
+                raise node.error(f'invalid parameter "{p}"')
+        except DirectiveValueError:
+            raise node.error(f'invalid parameter "{p}"') from None
+    if params["flush"] is not None and not params["buffer"]:
+        params["buffer"] = 64 * 1024
+    entries = ctx.slots.get("access_log")
+    if entries is None:
+        entries = ctx.slots["access_log"] = []
+        ctx.locations["access_log"] = node
+    entries.append((node.args[0], fmt, params))
+
+
+def register(reg: Registry) -> None:
+    reg.add("stream", ["main"], _stream, NOARGS, block=True)
+    reg.add("server", [STREAM], _server, NOARGS, block=True)
+    reg.add("listen", [SERVER], _listen, ONEMORE)
+    reg.add("proxy_pass", [SERVER], _proxy_pass)
+    reg.add("proxy_protocol", BOTH, _proxy_protocol)
+    reg.add("proxy_connect_timeout", BOTH, time_slot("proxy_connect_timeout"))
+    reg.add("proxy_timeout", BOTH, time_slot("proxy_timeout"))
+    reg.add("proxy_buffer_size", BOTH, size_slot("proxy_buffer_size"))
+    reg.add("proxy_bind", BOTH, _proxy_bind, TAKE12)
+    reg.add("proxy_socket_keepalive", BOTH, flag_slot("proxy_socket_keepalive"))
+    reg.add("proxy_upload_rate", BOTH, size_slot("proxy_upload_rate"))
+    reg.add("proxy_download_rate", BOTH, size_slot("proxy_download_rate"))
+    reg.add("proxy_half_close", BOTH, flag_slot("proxy_half_close"))
+    reg.add("tcp_nodelay", BOTH, flag_slot("tcp_nodelay"))
+    reg.add("preread_buffer_size", BOTH, size_slot("preread_buffer_size"))
+    reg.add("preread_timeout", BOTH, time_slot("preread_timeout"))
+    reg.add("proxy_protocol_timeout", BOTH, time_slot("proxy_protocol_timeout"))
+    reg.add("set_real_ip_from", BOTH, _set_real_ip_from)
+    reg.add("log_format", [STREAM], _log_format, TWOMORE)
+    reg.add("access_log", BOTH, _access_log, ONEMORE)
+    for name in (
+        "variables_hash_max_size",
+        "variables_hash_bucket_size",
+        "server_names_hash_max_size",
+        "server_names_hash_bucket_size",
+    ):
+        reg.add(name, [STREAM], ignore, TAKE1)
+
+
+# -- build ------------------------------------------------------------------------------
+
+
+def _resolve_upstream(url: Url, node: Node) -> Upstream:
+    if url.addrs:
+        return Upstream(url.text, url.addrs)
+    if url.port is None:
+        raise node.error(f'no port in upstream "{url.text}"')
+    try:
+        return Upstream(url.text, resolve_host(url.host, url.port))
+    except UrlError:
+        raise node.error(f'host not found in upstream "{url.text}"') from None
+
+
+def build(
+    stream: Context, open_file: Any, make_error_log: Any, main_error_log: ErrorLog
+) -> list[StreamServer]:
+    """Merge every server of the `stream` block into a StreamServer."""
+    servers: list[StreamServer] = []
+    seen: dict[tuple[Any, ...], str] = {}
+    for index, srv in enumerate(c for c in stream.children if c.kind == SERVER):
+        assert srv.node is not None
+        where = f"{srv.node.file}:{srv.node.line}"
+        listens = tuple(srv.local("listen", []))
+        if not listens:
+            raise ConfigError(f'no "listen" is defined for server in {where}')
+        for lo in listens:
+            key = (lo.addr.family, lo.addr.address)
+            if key in seen:
+                raise ConfigError(f'duplicate "{lo.addr.text}" address and port pair in {lo.where}')
+            seen[key] = lo.where
+        url = srv.local("proxy_pass")
+        if url is None:
+            raise ConfigError(f"no handler for server in {where}")
+        upstream = _resolve_upstream(url, srv.locations["proxy_pass"])
+        logs = []
+        for path, fmt, params in srv.get("access_log", []):
+            try:
+                f = open_file(path)
+            except OSError as exc:
+                raise ConfigError(str(exc.strerror)) from None
+            logs.append(AccessLog(f, fmt, params["if"], params["buffer"], params["flush"]))
+        specs = srv.local("error_log") or stream.local("error_log")
+        error_log = make_error_log(specs) if specs else main_error_log
+        servers.append(
+            StreamServer(
+                index=index,
+                listens=listens,
+                upstream=upstream,
+                proxy_protocol=srv.get("proxy_protocol", 0),
+                connect_timeout=srv.get("proxy_connect_timeout", 60.0),
+                timeout=srv.get("proxy_timeout", 600.0),
+                buffer_size=srv.get("proxy_buffer_size", 16384),
+                bind=srv.get("proxy_bind", None),
+                socket_keepalive=srv.get("proxy_socket_keepalive", False),
+                upload_rate=srv.get("proxy_upload_rate", 0),
+                download_rate=srv.get("proxy_download_rate", 0),
+                half_close=srv.get("proxy_half_close", False),
+                tcp_nodelay=srv.get("tcp_nodelay", True),
+                preread_buffer_size=srv.get("preread_buffer_size", 16384),
+                preread_timeout=srv.get("preread_timeout", 30.0),
+                proxy_protocol_timeout=srv.get("proxy_protocol_timeout", 30.0),
+                realip_from=tuple(srv.get("set_real_ip_from", [])),
+                access_logs=tuple(logs),
+                error_log=error_log,
+                where=where,
+            )
+        )
+    return servers
+
+
+__all__ = ["StreamServer", "ListenOpts", "Upstream", "register", "build", "VariableTable"]

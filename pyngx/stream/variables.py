@@ -1,0 +1,93 @@
+"""Stream variables ($remote_addr, $upstream_addr, ...), as getters on a session.
+
+Each getter takes the session object (`pyngx.stream.session.ClientSide`) and returns a string,
+or None when the variable has no value (logged as `-`). Times are formatted as nginx does:
+seconds with millisecond precision.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from pyngx import NGINX_COMPAT_VERSION
+from pyngx.conf.variables import VariableTable
+
+_HOSTNAME = socket.gethostname()
+
+
+def _ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
+def _binary(addr: str | None) -> str | None:
+    if not addr:
+        return None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, addr).decode("latin-1")
+        except OSError:
+            continue
+    return None
+
+
+def time_local(t: float) -> str:
+    return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(t))
+
+
+def time_iso8601(t: float) -> str:
+    s = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+    return s[:-2] + ":" + s[-2:]
+
+
+def _pp(attr: str) -> Any:
+    def getter(s: Any) -> str | None:
+        pp = s.pp
+        if pp is None:
+            return None
+        v = getattr(pp, attr)
+        return None if v is None else str(v)
+
+    return getter
+
+
+def _port(v: int | None) -> str | None:
+    return None if v is None else str(v)
+
+
+def build_table() -> VariableTable:
+    t = VariableTable()
+    add = t.add
+    add("remote_addr", lambda s: s.remote_addr)
+    add("remote_port", lambda s: _port(s.remote_port))
+    add("binary_remote_addr", lambda s: _binary(s.remote_addr))
+    add("server_addr", lambda s: s.server_addr)
+    add("server_port", lambda s: _port(s.server_port))
+    add("proxy_protocol_addr", _pp("src_addr"))
+    add("proxy_protocol_port", _pp("src_port"))
+    add("proxy_protocol_server_addr", _pp("dst_addr"))
+    add("proxy_protocol_server_port", _pp("dst_port"))
+    add("bytes_sent", lambda s: str(s.bytes_sent))
+    add("bytes_received", lambda s: str(s.bytes_received))
+    add("connection", lambda s: str(s.conn_id))
+    add("hostname", lambda s: _HOSTNAME)
+    add("msec", lambda s: f"{time.time():.3f}")
+    add("pid", lambda s: str(os.getpid()))
+    add("nginx_version", lambda s: NGINX_COMPAT_VERSION)
+    add("protocol", lambda s: "TCP")
+    add("session_time", lambda s: _ms(s.session_time()))
+    add("status", lambda s: str(s.status))
+    add("time_iso8601", lambda s: time_iso8601(time.time()))
+    add("time_local", lambda s: time_local(time.time()))
+    add("upstream_addr", lambda s: s.upstream_addr_text())
+    add("upstream_bytes_sent", lambda s: s.upstream_stat("sent"))
+    add("upstream_bytes_received", lambda s: s.upstream_stat("received"))
+    add("upstream_connect_time", lambda s: s.upstream_stat("connect"))
+    add("upstream_first_byte_time", lambda s: s.upstream_stat("first_byte"))
+    add("upstream_session_time", lambda s: s.upstream_stat("session"))
+    return t
+
+
+STREAM_VARIABLES = build_table()
