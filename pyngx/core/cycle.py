@@ -45,7 +45,9 @@ class Cycle:
         return self.main.pid_path
 
 
-def load_cycle(paths: Paths, global_directives: str | None = None) -> Cycle:
+def load_cycle(
+    paths: Paths, global_directives: str | None = None, default_error_log: str | None = None
+) -> Cycle:
     """Parse, check and compile the configuration; raise ConfigError on any problem."""
     root = Context("main", REGISTRY)
     if global_directives:
@@ -61,7 +63,7 @@ def load_cycle(paths: Paths, global_directives: str | None = None) -> Cycle:
         if not main.pid_path:
             main = _replace(main, pid_path=DEFAULT_PID_PATH)
         main = _replace(main, pid_path=paths.full(main.pid_path))
-        specs = main.error_logs or (ErrorLogSpec(DEFAULT_ERROR_LOG, 3),)
+        specs = main.error_logs or (ErrorLogSpec(default_error_log or DEFAULT_ERROR_LOG, 3),)
 
         def make_error_log(specs: list[ErrorLogSpec] | tuple[ErrorLogSpec, ...]) -> ErrorLog:
             targets = []

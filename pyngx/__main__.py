@@ -1,0 +1,5 @@
+import sys
+
+from pyngx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""A worker process: one uvloop event loop serving the listening sockets of one cycle.
+
+Signals (from the master or the user): QUIT stops accepting and lets sessions finish (bounded
+by `worker_shutdown_timeout`), TERM/INT drop everything and exit, USR1 reopens log files.
+Exceptions inside a connection's callbacks are logged and cost only that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pyngx.core.cycle import Cycle
+from pyngx.core.listening import ListenGroup
+from pyngx.core.log import ALERT, NOTICE
+from pyngx.stream.session import ClientSide
+
+WORKER_SIGNALS = (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
+
+class ConnectionCounter:
+    """$connection numbers, unique across the workers of a master (shared memory)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._value = multiprocessing.Value("Q", 0)
+
+    def next(self) -> int:
+        v = self._value
+        with v.get_lock():
+            v.value += 1
+            return int(v.value)
+
+
+class _LocalCounter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+class DispatchingClientSide(ClientSide):
+    """For a wildcard socket that also serves specific addresses of its port (nginx's way)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, worker: Worker, group: ListenGroup) -> None:
+        assert group.default is not None
+        super().__init__(worker, *group.default)
+        self.group = group
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        host = transport.get_extra_info("sockname")[0]
+        target = self.group.by_addr.get(host)
+        if target is not None:
+            self.server, self.listen = target
+            self.download_rate = self.server.download_rate
+            self.upload_rate = self.server.upload_rate
+        super().connection_made(transport)
+
+
+class Worker:
+    def __init__(
+        self,
+        cycle: Cycle,
+        groups: list[tuple[ListenGroup, socket.socket]],
+        index: int,
+        counter: ConnectionCounter | _LocalCounter | None = None,
+    ) -> None:
+        self.cycle = cycle
+        self.groups = groups
+        self.index = index
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.sessions: set[ClientSide] = set()
+        self.servers: list[Any] = []
+        self.counter = counter or _LocalCounter()
+        self.worker_connections = cycle.main.worker_connections
+        self.draining = False
+        self.exit_code = 0
+        self._rr: dict[int, int] = {}
+        self._stopped: asyncio.Future[None] | None = None
+
+    # -- used by sessions --------------------------------------------------------------
+
+    def next_connection_id(self) -> int:
+        return self.counter.next()
+
+    def over_connection_limit(self) -> bool:
+        # nginx counts the client and the upstream connection of each session.
+        return len(self.sessions) * 2 > self.worker_connections
+
+    def rr_next(self, key: int, n: int) -> int:
+        if n == 1:
+            return 0
+        i = self._rr.get(key, 0)
+        self._rr[key] = (i + 1) % n
+        return i
+
+    def session_closed(self, session: ClientSide) -> None:
+        self.sessions.discard(session)
+        if self.draining and not self.sessions:
+            self._stop()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        import uvloop
+
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.set_exception_handler(self._exception_handler)
+        try:
+            return self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> int:
+        loop = self.loop
+        self._stopped = loop.create_future()
+        for sig, handler in (
+            (signal.SIGQUIT, self.graceful),
+            (signal.SIGTERM, self.fast),
+            (signal.SIGINT, self.fast),
+            (signal.SIGUSR1, self.reopen),
+        ):
+            loop.add_signal_handler(sig, handler)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        for group, sock in self.groups:
+            factory = self._factory(group)
+            server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
+            self.servers.append(server)
+        await self._stopped
+        return self.exit_code
+
+    def _factory(self, group: ListenGroup) -> Callable[[], ClientSide]:
+        if group.by_addr:
+            return lambda: DispatchingClientSide(self, group)
+        server, listen = group.default  # type: ignore[misc]
+        return lambda: ClientSide(self, server, listen)
+
+    def _stop(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _close_listeners(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    def graceful(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.cycle.error_log.log(NOTICE, "gracefully shutting down")
+        self._close_listeners()
+        if not self.sessions:
+            self._stop()
+            return
+        timeout = self.cycle.main.worker_shutdown_timeout
+        if timeout is not None:
+            self.loop.call_later(timeout, self.fast)
+
+    def fast(self) -> None:
+        self._close_listeners()
+        for s in list(self.sessions):
+            s.abort()
+        self.sessions.clear()
+        self._stop()
+
+    def reopen(self) -> None:
+        self.cycle.error_log.log(NOTICE, "reopening logs")
+        self.cycle.files.reopen()
+
+    def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = context.get("message", "unhandled exception")
+        if exc is not None:
+            message = f"{message}: {type(exc).__name__}: {exc}"
+        self.cycle.error_log.log(ALERT, message)
+
+
+def worker_process(
+    cycle: Cycle,
+    groups: list[tuple[ListenGroup, socket.socket]],
+    index: int,
+    counter: ConnectionCounter,
+) -> None:
+    """Entry point in the forked child; never returns."""
+    code = 2
+    try:
+        _apply_process_settings(cycle, index)
+        code = Worker(cycle, groups, index, counter).run()
+    except BaseException as exc:  # the worker must leave through os._exit, whatever happens
+        try:
+            cycle.error_log.log(ALERT, f"worker process failed: {type(exc).__name__}: {exc}")
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+
+
+def _apply_process_settings(cycle: Cycle, index: int) -> None:
+    main = cycle.main
+    if main.worker_priority:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, main.worker_priority)
+        except OSError as exc:
+            cycle.error_log.log(ALERT, f"setpriority({main.worker_priority}) failed ({exc})")
+    if main.worker_rlimit_nofile:
+        import resource
+
+        try:
+            n = main.worker_rlimit_nofile
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        except (OSError, ValueError) as exc:
+            cycle.error_log.log(ALERT, f"setrlimit(RLIMIT_NOFILE, {n}) failed ({exc})")
+    if main.worker_cpu_affinity:
+        mask = main.worker_cpu_affinity[min(index, len(main.worker_cpu_affinity) - 1)]
+        try:
+            os.sched_setaffinity(0, mask)
+        except OSError as exc:
+            cycle.error_log.log(ALERT, f"sched_setaffinity() failed ({exc})")
+    if main.user is not None and os.geteuid() == 0:
+        import grp
+        import pwd
+
+        user, group = main.user
+        pw = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+        os.setgid(gid)
+        os.initgroups(user, gid)
+        os.setuid(pw.pw_uid)

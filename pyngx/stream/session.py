@@ -1,0 +1,578 @@
+"""A proxied stream session: the client connection, the upstream connection, and the relay.
+
+Design notes
+- Both sides are asyncio Protocols (callbacks, no task per connection but the one that awaits
+  the upstream connect). Relaying is one `write` of the received buffer to the other side: no
+  per-byte work, no copies of our own.
+- Flow control as uvicorn's FlowControl: when one side's write buffer passes its high-water
+  mark, the other side stops reading until it drains. Pausing for rate limits is tracked
+  separately so one reason never resumes what the other paused.
+- The PROXY header towards the upstream is written in the upstream's `connection_made`,
+  together with any client bytes that arrived while connecting, in one write: mail servers
+  speak first, and no client byte can overtake the header.
+- The idle timer (`proxy_timeout`) is lazy: data only stamps the time; the timer re-arms
+  itself when it fires early, instead of being rescheduled on every read.
+- Ending follows ngx_stream_proxy_test_finalize: without `proxy_half_close`, the first side to
+  reach EOF ends the session once what it sent is flushed; with it, EOF is passed on with
+  shutdown(SHUT_WR) and the session ends when both directions are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from pyngx.core.log import ERROR, INFO
+from pyngx.protocols import proxy_protocol as pp
+
+if TYPE_CHECKING:
+    from pyngx.core.worker import Worker
+    from pyngx.stream.module import ListenOpts, StreamServer
+
+# Write buffer high-water marks: large enough for bulk transfer at full speed on loopback,
+# small enough to bound memory per connection.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+# States of a session.
+READING_PROXY_HEADER, CONNECTING, RELAYING, DONE = range(4)
+
+STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 500, 502
+
+
+def _strerror(code: int) -> str:
+    return f"({code}: {os.strerror(code)})"
+
+
+def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
+    if family == socket.AF_UNIX:
+        return (f"unix:{addr}" if addr else "unix:"), None
+    return addr[0], addr[1]
+
+
+class UpstreamSide(asyncio.Protocol):
+    """The connection to the upstream server; forwards what it reads to the client."""
+
+    __slots__ = ("session", "transport")
+
+    def __init__(self, session: ClientSide) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.session.upstream_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        s = self.session
+        s.up_received += len(data)
+        if s.first_byte_at is None:
+            s.first_byte_at = s.loop.time()
+        s.last_activity = s.loop.time()
+        s.bytes_sent += len(data)
+        s.transport.write(data)
+        if s.download_rate:
+            s.rate_limit(self, len(data))
+
+    def eof_received(self) -> bool:
+        self.session.side_eof(from_upstream=True)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        s = self.session
+        s.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause(self.session.transport, "flow")
+
+    def resume_writing(self) -> None:
+        self.session.resume(self.session.transport, "flow")
+
+
+class ClientSide(asyncio.Protocol):
+    """The accepted client connection and the state of the whole session."""
+
+    __slots__ = (
+        "worker",
+        "server",
+        "listen",
+        "loop",
+        "transport",
+        "upstream",
+        "state",
+        "conn_id",
+        "start",
+        "status",
+        "remote_addr",
+        "remote_port",
+        "server_addr",
+        "server_port",
+        "family",
+        "pp",
+        "bytes_sent",
+        "bytes_received",
+        "up_sent",
+        "up_received",
+        "pending",
+        "timer",
+        "last_activity",
+        "idle_timeout",
+        "tried",
+        "addr_index",
+        "connect_task",
+        "connect_started",
+        "connected_at",
+        "first_byte_at",
+        "up_closed_at",
+        "client_eof",
+        "upstream_eof",
+        "paused",
+        "download_rate",
+        "upload_rate",
+        "rate_state",
+        "open_sides",
+    )
+
+    def __init__(self, worker: Worker, server: StreamServer, listen: ListenOpts) -> None:
+        self.worker = worker
+        self.server = server
+        self.listen = listen
+        self.loop = worker.loop
+        self.upstream: UpstreamSide | None = None
+        self.state = CONNECTING
+        self.status = STATUS_OK
+        self.pp: pp.ProxyHeader | None = None
+        self.bytes_sent = self.bytes_received = self.up_sent = self.up_received = 0
+        self.pending: list[bytes] | bytearray | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.tried: list[str] = []
+        self.addr_index = 0
+        self.connect_task: asyncio.Task[Any] | None = None
+        self.connect_started = 0.0
+        self.connected_at: float | None = None
+        self.first_byte_at: float | None = None
+        self.up_closed_at: float | None = None
+        self.client_eof = self.upstream_eof = False
+        self.paused: dict[int, set[str]] | None = None
+        self.download_rate = server.download_rate
+        self.upload_rate = server.upload_rate
+        self.rate_state: dict[int, float] | None = None
+        self.open_sides = 1
+
+    # -- accept ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        w = self.worker
+        self.conn_id = w.next_connection_id()
+        self.start = self.last_activity = self.loop.time()
+        w.sessions.add(self)
+        listen = self.listen
+        self.family = family = listen.addr.family
+        self.remote_addr, self.remote_port = _addr_text(
+            transport.get_extra_info("peername"), family
+        )
+        if listen.wildcard:
+            self.server_addr, self.server_port = _addr_text(
+                transport.get_extra_info("sockname"), family
+            )
+        else:
+            self.server_addr, self.server_port = listen.addr.host, listen.addr.port
+        if w.over_connection_limit():
+            w.cycle.error_log.log(
+                1, f"{w.worker_connections} worker_connections are not enough", self.conn_id
+            )
+            self.finalize(STATUS_INTERNAL)
+            return
+        if listen.proxy_protocol:
+            self.state = READING_PROXY_HEADER
+            self.pending = bytearray()
+            self.timer = self.loop.call_later(
+                self.server.proxy_protocol_timeout, self._proxy_header_timeout
+            )
+            return
+        self.connect_upstream()
+
+    # -- PROXY header from the client ----------------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        buf = self.pending
+        assert isinstance(buf, bytearray)
+        buf += data
+        try:
+            parsed = pp.parse(buf)
+        except pp.ProxyProtocolError as exc:
+            header = exc.header.decode("latin-1", "replace").replace("\r", "").replace("\n", "")
+            self.log(ERROR, f'broken header: "{header}" while reading PROXY protocol')
+            self.finalize(STATUS_BAD_REQUEST)
+            return
+        if parsed is None:
+            return
+        header, consumed = parsed
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        rest = bytes(buf[consumed:])
+        if header.command == pp.Command.PROXY and header.family in (
+            pp.Family.INET,
+            pp.Family.INET6,
+        ):
+            self.pp = header
+            if self._trusted_for_realip():
+                self.remote_addr = header.src_addr  # type: ignore[assignment]
+                self.remote_port = header.src_port
+        self.pending = [rest] if rest else None
+        self.connect_upstream()
+
+    def _trusted_for_realip(self) -> bool:
+        nets = self.server.realip_from
+        if not nets:
+            return False
+        if self.family == socket.AF_UNIX:
+            return "unix:" in nets
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(self.remote_addr)
+        except ValueError:
+            return False
+        if getattr(ip, "ipv4_mapped", None) is not None:
+            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        return any(not isinstance(n, str) and ip in n for n in nets)
+
+    def _proxy_header_timeout(self) -> None:
+        self.timer = None
+        if self.state == READING_PROXY_HEADER:
+            self.log(
+                INFO, f"client timed out {_strerror(errno.ETIMEDOUT)} while reading PROXY protocol"
+            )
+            self.finalize(STATUS_OK)
+
+    # -- upstream connect --------------------------------------------------------------
+
+    def connect_upstream(self) -> None:
+        self.state = CONNECTING
+        addrs = self.server.upstream.addrs
+        addr = addrs[
+            (self.worker.rr_next(self.server.index, len(addrs)) + self.addr_index) % len(addrs)
+        ]
+        self.addr_index += 1
+        self.tried.append(addr.text)
+        self.connect_started = self.loop.time()
+        self.connect_task = self.loop.create_task(self._connect(addr))
+        self.timer = self.loop.call_later(self.server.connect_timeout, self._connect_timeout)
+
+    async def _connect(self, addr: Any) -> None:
+        srv = self.server
+        try:
+            if addr.family == socket.AF_UNIX:
+                await self.loop.create_unix_connection(lambda: UpstreamSide(self), addr.address)
+            else:
+                local = srv.bind.address if srv.bind is not None else None
+                tr, _ = await self.loop.create_connection(
+                    lambda: UpstreamSide(self),
+                    addr.address[0],
+                    addr.address[1],
+                    local_addr=local,
+                )
+                if srv.socket_keepalive or not srv.tcp_nodelay:
+                    sock = tr.get_extra_info("socket")
+                    if srv.socket_keepalive:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                    if not srv.tcp_nodelay:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        except asyncio.CancelledError:
+            return
+        except OSError as exc:
+            self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
+        finally:
+            self.connect_task = None
+
+    def _connect_timeout(self) -> None:
+        self.timer = None
+        if self.state == CONNECTING and self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+            self._connect_failed(f"upstream timed out {_strerror(errno.ETIMEDOUT)}")
+
+    def _connect_failed(self, message: str) -> None:
+        if self.state != CONNECTING:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.log(ERROR, f"{message} while connecting to upstream")
+        if self.addr_index < len(self.server.upstream.addrs):
+            self.connect_upstream()
+            return
+        self.finalize(STATUS_BAD_GATEWAY)
+
+    def upstream_connected(self, up: UpstreamSide) -> None:
+        if self.state != CONNECTING:
+            # The session ended while connecting (client reset, timeout): drop this one.
+            assert up.transport is not None
+            up.transport.abort()
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.upstream = up
+        self.open_sides += 1
+        self.state = RELAYING
+        now = self.loop.time()
+        self.connected_at = now
+        transport = up.transport
+        assert transport is not None
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        header = self._proxy_header_out(transport)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            data = header + b"".join(pending)
+        else:
+            data = header
+        if data:
+            self.up_sent += len(data)
+            transport.write(data)
+        self.resume(self.transport, "connect")
+        if self.client_eof:
+            self.side_eof(from_upstream=False)
+        if self.state == RELAYING:
+            self.idle_timeout = self.server.timeout
+            self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+
+    def _proxy_header_out(self, transport: asyncio.Transport) -> bytes:
+        version = self.server.proxy_protocol
+        if not version:
+            return b""
+        if self.family == socket.AF_UNIX:
+            src = dst = None
+            sport = dport = None
+        else:
+            src, sport, dst, dport = (
+                self.remote_addr,
+                self.remote_port,
+                self.server_addr,
+                self.server_port,
+            )
+        if version == 1:
+            return pp.encode_v1(src, sport, dst, dport)
+        return pp.encode_v2(pp.Command.PROXY, pp.Transport.STREAM, src, sport, dst, dport)
+
+    # -- relay -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == RELAYING:
+            self.bytes_received += len(data)
+            self.up_sent += len(data)
+            self.last_activity = self.loop.time()
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            if self.upload_rate:
+                self.rate_limit(self, len(data))
+            return
+        if self.state == READING_PROXY_HEADER:
+            self._read_proxy_header(data)
+            return
+        if self.state == CONNECTING:
+            # Hold what the client sends until the upstream is there (and its header sent).
+            self.bytes_received += len(data)
+            if self.pending is None:
+                self.pending = []
+            assert isinstance(self.pending, list)
+            self.pending.append(data)
+            if sum(map(len, self.pending)) >= self.server.buffer_size:
+                self.pause(self.transport, "connect")
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.state == RELAYING:
+            self.side_eof(from_upstream=False)
+        elif self.state == READING_PROXY_HEADER:
+            self.log(INFO, "client closed connection while reading PROXY protocol")
+            self.finalize(STATUS_OK)
+        return True
+
+    def side_eof(self, from_upstream: bool) -> None:
+        if from_upstream:
+            self.upstream_eof = True
+        if not self.server.half_close:
+            self._disconnected("upstream" if from_upstream else "client")
+            return
+        if self.client_eof and self.upstream_eof:
+            self._disconnected("upstream" if from_upstream else "client")
+            return
+        # Pass the half-close on: the other side may still answer.
+        target = self.transport if from_upstream else self.upstream.transport  # type: ignore[union-attr]
+        if target is not None and not target.is_closing() and target.can_write_eof():
+            target.write_eof()
+
+    def _disconnected(self, who: str) -> None:
+        log = self.server.error_log
+        if log.enabled(INFO):
+            log.log(
+                INFO,
+                f"{who} disconnected, bytes from/to client:{self.bytes_received}/{self.bytes_sent}"
+                f", bytes from/to upstream:{self.up_received}/{self.up_sent}",
+                self.conn_id,
+            )
+        self.finalize(self.status)
+
+    def _idle_check(self) -> None:
+        self.timer = None
+        if self.state != RELAYING:
+            return
+        now = self.loop.time()
+        due = self.last_activity + self.idle_timeout
+        if now < due:
+            self.timer = self.loop.call_at(due, self._idle_check)
+            return
+        self.log(
+            ERROR, f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection"
+        )
+        self.finalize(STATUS_OK)
+
+    # -- flow control and rate limits ----------------------------------------------------
+
+    def pause(self, transport: asyncio.Transport, reason: str) -> None:
+        if self.paused is None:
+            self.paused = {}
+        reasons = self.paused.setdefault(id(transport), set())
+        if not reasons and not transport.is_closing():
+            transport.pause_reading()
+        reasons.add(reason)
+
+    def resume(self, transport: asyncio.Transport, reason: str) -> None:
+        if self.paused is None:
+            return
+        reasons = self.paused.get(id(transport))
+        if not reasons or reason not in reasons:
+            return
+        reasons.discard(reason)
+        if not reasons and not transport.is_closing():
+            transport.resume_reading()
+
+    def rate_limit(self, side: asyncio.Protocol, n: int) -> None:
+        """Delay the next read so that the average rate stays at the configured limit."""
+        is_client = side is self
+        rate = self.upload_rate if is_client else self.download_rate
+        transport = self.transport if is_client else self.upstream.transport  # type: ignore[union-attr]
+        if self.rate_state is None:
+            self.rate_state = {}
+        key = 0 if is_client else 1
+        now = self.loop.time()
+        allowed = max(self.rate_state.get(key, now), now - 1.0) + n / rate
+        self.rate_state[key] = allowed
+        if allowed > now + 0.001 and transport is not None:
+            self.pause(transport, "rate")
+            self.loop.call_at(allowed, self.resume, transport, "rate")
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.pause(self.upstream.transport, "flow")
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.resume(self.upstream.transport, "flow")
+
+    # -- ending ------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open_sides -= 1
+        if self.state != DONE:
+            if exc is not None and isinstance(exc, OSError) and exc.errno:
+                self.log(INFO, f"recv() failed {_strerror(exc.errno)} while proxying connection")
+            self.finalize(self.status)
+        self._maybe_forget()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.open_sides -= 1
+        self.up_closed_at = self.loop.time()
+        if self.state != DONE:
+            if exc is not None and isinstance(exc, OSError) and exc.errno:
+                self.log(
+                    ERROR,
+                    f"recv() failed {_strerror(exc.errno)}"
+                    " while proxying and reading from upstream",
+                )
+            self.finalize(self.status)
+        self._maybe_forget()
+
+    def _maybe_forget(self) -> None:
+        if self.open_sides <= 0:
+            self.worker.session_closed(self)
+
+    def finalize(self, status: int) -> None:
+        """End the session once: close both sides (flushing what is buffered) and log it."""
+        if self.state == DONE:
+            return
+        connecting = self.state == CONNECTING
+        self.state = DONE
+        self.status = status
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if connecting and self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+            if self.up_closed_at is None:
+                self.up_closed_at = self.loop.time()
+        self.transport.close()
+        for log in self.server.access_logs:
+            log.write(self)
+
+    def abort(self) -> None:
+        """Fast shutdown: drop both connections now."""
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+        self.transport.abort()
+
+    # -- logging and variables -------------------------------------------------------
+
+    def log(self, level: int, message: str) -> None:
+        log = self.server.error_log
+        if log.enabled(level):
+            log.log(level, message, self.conn_id, self.log_context())
+
+    def log_context(self) -> str:
+        text = f", client: {self.remote_addr}, server: {self.server_text()}"
+        if self.tried:
+            text += (
+                f', upstream: "{self.tried[-1]}", bytes from/to client:'
+                f"{self.bytes_received}/{self.bytes_sent}, bytes from/to upstream:"
+                f"{self.up_received}/{self.up_sent}"
+            )
+        return text
+
+    def server_text(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return self.server_addr
+        if self.family == socket.AF_INET6:
+            return f"[{self.server_addr}]:{self.server_port}"
+        return f"{self.server_addr}:{self.server_port}"
+
+    def session_time(self) -> float:
+        return self.loop.time() - self.start
+
+    def upstream_addr_text(self) -> str | None:
+        return ", ".join(self.tried) if self.tried else None
+
+    def upstream_stat(self, what: str) -> str | None:
+        if not self.tried:
+            return None
+        if what == "sent":
+            return str(self.up_sent)
+        if what == "received":
+            return str(self.up_received)
+        if self.connected_at is None:
+            return "-" if what != "connect" else None
+        if what == "connect":
+            return f"{self.connected_at - self.connect_started:.3f}"
+        if what == "first_byte":
+            fb = self.first_byte_at
+            return None if fb is None else f"{fb - self.connect_started:.3f}"
+        end = self.up_closed_at if self.up_closed_at is not None else self.loop.time()
+        return f"{end - self.connect_started:.3f}"
