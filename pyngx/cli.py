@@ -189,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = make_paths(opts.prefix, opts.conf)
 
     from pyngx.core.cycle import load_cycle
+    from pyngx.core.log import EMERG, report, startup_log
 
+    log = startup_log(paths.full(opts.error_log or DEFAULT_ERROR_LOG))
     try:
         cycle = load_cycle(paths, opts.directives, opts.error_log)
     except ConfigError as exc:
-        err(f"[emerg] {exc}")
+        report(log, EMERG, str(exc))
         if opts.test:
             err(f"configuration file {paths.conf_path} test failed")
         return 1

@@ -101,8 +101,10 @@ class _Reader:
                     raise ConfigError('unexpected "}"', filename, tok.line)
                 return nodes, tok
         if words:
+            if filename == COMMAND_LINE:
+                raise ConfigError('unexpected end of parameter, expecting ";"', filename, 1)
             raise ConfigError(
-                'unexpected end of file, expecting ";" or "}"', filename, _last_line(words)
+                'unexpected end of file, expecting ";" or "}"', filename, _eof_line(filename, self)
             )
         if not top:
             raise ConfigError(
@@ -127,14 +129,10 @@ class _Reader:
         return out
 
 
-def _last_line(words: list[Token]) -> int:
-    return words[-1].line
-
-
 def _eof_line(filename: str, reader: _Reader) -> int:
     for path, text in reversed(reader.files):
         if path == filename:
-            return text.count("\n") + (0 if text.endswith("\n") else 1)
+            return text.count("\n") + 1
     return 1
 
 

@@ -125,16 +125,18 @@ class UrlError(DirectiveValueError):
     """`text` is nginx's u->err: `invalid port`, `no port`, `host not found`, ..."""
 
 
-def _parse_port(text: str) -> int:
+def _parse_port(text: str, zero: bool = False) -> int:
     if not text.isdigit() or not text.isascii() or len(text) > 5:
         raise UrlError("invalid port")
     port = int(text)
-    if port < 1 or port > 65535:
+    if port < (0 if zero else 1) or port > 65535:
         raise UrlError("invalid port")
     return port
 
 
-def parse_url(text: str, *, listen: bool = False, resolve: bool = True) -> Url:
+def parse_url(
+    text: str, *, listen: bool = False, resolve: bool = True, port_zero: bool = False
+) -> Url:
     """Parse `host:port`, `port`, `*:port`, `[v6]:port`, `unix:/path` like ngx_parse_url.
 
     For `listen`, a bare number is a port on the wildcard address. With `resolve`, names are
@@ -159,7 +161,7 @@ def parse_url(text: str, *, listen: bool = False, resolve: bool = True) -> Url:
             return Url(text, host, None, ())
         if not rest.startswith(":"):
             raise UrlError("invalid host")
-        port = _parse_port(rest[1:])
+        port = _parse_port(rest[1:], port_zero)
         return Url(text, host, port, (SockAddr(socket.AF_INET6, (host, port)),))
     if listen and text.isdigit():
         port = _parse_port(text)
@@ -168,7 +170,7 @@ def parse_url(text: str, *, listen: bool = False, resolve: bool = True) -> Url:
     if not sep:
         host, port = text, None
     else:
-        port = _parse_port(port_text)
+        port = _parse_port(port_text, port_zero)
     if not host:
         raise UrlError("no host")
     if host == "*":

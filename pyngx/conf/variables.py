@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyngx.conf.errors import DirectiveValueError
+from pyngx.conf.errors import ConfigError, DirectiveValueError
 
 Getter = Callable[[Any], "str | None"]
 Escape = Callable[[str], str]
@@ -37,7 +37,8 @@ class VariableTable:
         for prefix, factory in self.prefixes.items():
             if name.startswith(prefix) and len(name) > len(prefix):
                 return factory(name[len(prefix) :])
-        raise DirectiveValueError(f'unknown "{name}" variable', full=True)
+        # nginx checks variables after the whole file is read, so the message has no location.
+        raise ConfigError(f'unknown "{name}" variable')
 
 
 def split_complex(text: str) -> list[str | tuple[str]]:

@@ -149,6 +149,28 @@ class ErrorLog:
         self.log(INFO, message)
 
 
-def stderr_log(level: int = NOTICE) -> ErrorLog:
-    """The log used before the configuration names one (nginx's startup stderr)."""
-    return ErrorLog([LogTarget(LogFile(STDERR_NAME), level)])
+def startup_log(path: str) -> ErrorLog:
+    """The log used before the configuration names one: `-e` or the built-in default."""
+    try:
+        f = LogFile(path)
+    except OSError as exc:
+        report_stderr(
+            ALERT, f'could not open error log file: open() "{path}" failed {os_error_text(exc)}'
+        )
+        f = LogFile(STDERR_NAME)
+    return ErrorLog([LogTarget(f, DEBUG)])
+
+
+def report_stderr(level: int, message: str) -> None:
+    try:
+        os.write(2, f"pyngx: [{LEVELS[level]}] {message}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def report(log: ErrorLog, level: int, message: str) -> None:
+    """A startup problem, as nginx reports it: in the error log, and on the console too
+    (`pyngx: [emerg] ...`) unless the error log already is stderr."""
+    log.log(level, message)
+    if level <= WARN and not any(t.file.fd == 2 for t in log.targets):
+        report_stderr(level, message)

@@ -6,7 +6,7 @@ import os
 
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import SocketTable
-from pyngx.core.log import EMERG, WARN, LogFile
+from pyngx.core.log import EMERG, WARN, LogFile, report
 from pyngx.core.master import (
     Master,
     StartupError,
@@ -19,9 +19,7 @@ from pyngx.core.paths import Paths
 
 
 def _emerg(cycle: Cycle, message: str) -> None:
-    os.write(2, f"pyngx: [emerg] {message}\n".encode())
-    if any(t.file.fd != 2 for t in cycle.error_log.targets):
-        cycle.error_log.log(EMERG, message)
+    report(cycle.error_log, EMERG, message)
 
 
 def daemonize() -> None:

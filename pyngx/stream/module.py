@@ -140,7 +140,10 @@ def _listen(ctx: Context, node: Node) -> None:
     except UrlError as exc:
         raise node.error(f'{exc.text} in "{text}" of the "listen" directive') from None
     if url.port is None and not text.startswith("unix:"):
-        raise node.error(f'no port in "{text}" of the "listen" directive')
+        # nginx binds such a listen to an ephemeral port (port 0); so do we.
+        url = parse_url(
+            f"[{url.host}]:0" if ":" in url.host else f"{url.host}:0", listen=True, port_zero=True
+        )
     opts: dict[str, Any] = {
         "proxy_protocol": False,
         "backlog": NGX_LISTEN_BACKLOG,
@@ -187,7 +190,7 @@ def _listen(ctx: Context, node: Node) -> None:
         elif name in ("fastopen", "deferred", "setfib", "accept_filter"):
             continue
         else:
-            raise node.error(f'invalid parameter "{param}"')
+            raise node.error(f'the invalid "{param}" parameter')
     where = f"{node.file}:{node.line}"
     for addr in url.addrs:
         wildcard = addr.host in ("0.0.0.0", "::")
@@ -248,7 +251,15 @@ def _set_real_ip_from(ctx: Context, node: Node) -> None:
     try:
         net = ipaddress.ip_network(arg, strict=False)
     except ValueError:
-        raise node.error(f'invalid parameter "{arg}"') from None
+        if "/" in arg:
+            raise node.error(f'invalid parameter "{arg}"') from None
+        try:
+            addrs = resolve_host(arg, 0)
+        except UrlError:
+            raise node.error(f'host not found in set_real_ip_from "{arg}"') from None
+        for a in addrs:
+            ctx.append("set_real_ip_from", ipaddress.ip_network(a.host), node)
+        return
     ctx.append("set_real_ip_from", net, node)
 
 
@@ -346,7 +357,7 @@ def _resolve_upstream(url: Url, node: Node) -> Upstream:
     try:
         return Upstream(url.text, resolve_host(url.host, url.port))
     except UrlError:
-        raise node.error(f'host not found in upstream "{url.text}"') from None
+        raise node.error(f'host not found in upstream "{url.host}"') from None
 
 
 def build(

@@ -1,0 +1,129 @@
+"""Bad configurations: pyngx must refuse each one with nginx's exact message and location.
+
+Every case is run through Debian's `nginx -t` and `pyngx -t` on the same file; the `[emerg]`
+text (message, file and line) and the exit status must match.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+pytestmark = [
+    pytest.mark.nginx,
+    pytest.mark.skipif(
+        not (Path(NGINX).exists() and Path(STREAM_MODULE).exists()),
+        reason="Debian's nginx with libnginx-mod-stream is not installed",
+    ),
+]
+
+HEAD = f"load_module {STREAM_MODULE};\npid logs/test.pid;\n"
+EVENTS = "events { }\n"
+
+CASES: dict[str, str] = {
+    "listen without port binds port 0 in nginx too": EVENTS
+    + "stream { server { listen 127.0.0.1; } }\n",
+    "unknown directive": EVENTS + "stream { frobnicate on; }\n",
+    "not allowed here": EVENTS + "stream { proxy_pass 127.0.0.1:1; }\n",
+    "not allowed in main": EVENTS + "proxy_timeout 1s;\n",
+    "invalid number of arguments": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:2 x; } }\n",
+    "no arguments": EVENTS + "stream { server { listen; proxy_pass 127.0.0.1:2; } }\n",
+    "is duplicate": EVENTS
+    + "stream {\n server { listen 127.0.0.1:1;\n proxy_timeout 1s;\n proxy_timeout 2s;\n"
+    " proxy_pass 127.0.0.1:2; } }\n",
+    "duplicate proxy_pass": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:2;\n"
+    "proxy_pass 127.0.0.1:3; } }\n",
+    "host not found": EVENTS
+    + "stream { server { listen 127.0.0.1:1;\n proxy_pass no-such-host.invalid:25; } }\n",
+    "no port in upstream": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_pass no-such-host; } }\n",
+    "invalid port in upstream": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:99999; } }\n",
+    "unexpected close brace": EVENTS + "}\n",
+    "unexpected end of file in block": EVENTS + "stream {\n server {\n",
+    "unexpected end of file in args": EVENTS + "stream { server { listen 127.0.0.1:1",
+    "unexpected semicolon": EVENTS + ";\n",
+    "unexpected open brace": EVENTS + "{ }\n",
+    "no events section": "stream { }\n",
+    "duplicate events": EVENTS + EVENTS,
+    "invalid flag value": EVENTS + "daemon maybe;\n",
+    "block directive without block": "events;\n",
+    "simple directive with block": EVENTS + "daemon on { }\n",
+    "invalid listen port": EVENTS
+    + "stream { server { listen 127.0.0.1:0; proxy_pass 127.0.0.1:2; } }\n",
+    "duplicate listen": EVENTS
+    + "stream {\n server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:2; }\n"
+    " server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:3; }\n}\n",
+    "invalid listen parameter": EVENTS
+    + "stream { server { listen 127.0.0.1:1 frob; proxy_pass 127.0.0.1:2; } }\n",
+    "invalid time": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_timeout 10x; proxy_pass 127.0.0.1:2; } }\n",
+    "invalid size": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_buffer_size 1q; proxy_pass 127.0.0.1:2; } }\n",
+    "unknown log format": EVENTS
+    + "stream { server { listen 127.0.0.1:1; access_log logs/a.log nosuch;"
+    " proxy_pass 127.0.0.1:2; } }\n",
+    "unknown variable": EVENTS + "stream { log_format f '$no_such_variable'; }\n",
+    "duplicate log format": EVENTS + "stream { log_format f 'a';\n log_format f 'b'; }\n",
+    "no handler": EVENTS + "stream { server { listen 127.0.0.1:1; } }\n",
+    "invalid log level": EVENTS + "error_log stderr loud;\n",
+    "missing include": EVENTS + "include /nonexistent/pyngx-test.conf;\n",
+    "include with two args": EVENTS + "include a b;\n",
+    "invalid worker_processes": EVENTS + "worker_processes many;\n",
+    "stream inside events": "events { stream { } }\n",
+    "server outside stream": EVENTS + "server { }\n",
+    "quote then junk": EVENTS + 'stream { log_format f "a"b; }\n',
+    "set_real_ip_from bad": EVENTS
+    + "stream { server { listen 127.0.0.1:1; set_real_ip_from 999.1.1.1;"
+    " proxy_pass 127.0.0.1:2; } }\n",
+}
+
+_EMERG = re.compile(r"\[emerg\] (?:\d+#\d+: )?(.*)")
+
+
+def _emerg(stderr: str) -> str:
+    for line in stderr.splitlines():
+        m = _EMERG.search(line)
+        if m:
+            return m.group(1)
+    return f"<no [emerg] line in {stderr!r}>"
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_error_as_nginx(case: str, tmp_path: Path) -> None:
+    conf = tmp_path / "test.conf"
+    conf.write_text(HEAD + CASES[case])
+    for sub in ("n/logs", "p/logs"):
+        (tmp_path / sub).mkdir(parents=True)
+    ngx = _run([NGINX, "-t", "-p", f"{tmp_path}/n/", "-c", str(conf)])
+    pyn = _run([sys.executable, "-m", "pyngx", "-t", "-p", f"{tmp_path}/p/", "-c", str(conf)])
+    assert ngx.returncode == 1, ngx.stderr
+    assert pyn.returncode == 1, pyn.stderr
+    assert _emerg(pyn.stderr) == _emerg(ngx.stderr)
+    assert f"configuration file {conf} test failed" in pyn.stderr
+
+
+def test_command_line_directive_errors_match(tmp_path: Path) -> None:
+    conf = tmp_path / "test.conf"
+    conf.write_text(HEAD + "daemon off;\n" + EVENTS)
+    for sub in ("n/logs", "p/logs"):
+        (tmp_path / sub).mkdir(parents=True)
+    for g in ("daemon on;", "frob on;", "daemon"):
+        ngx = _run([NGINX, "-t", "-p", f"{tmp_path}/n/", "-c", str(conf), "-g", g])
+        pyn = _run(
+            [sys.executable, "-m", "pyngx", "-t", "-p", f"{tmp_path}/p/", "-c", str(conf), "-g", g]
+        )
+        assert (pyn.returncode, _emerg(pyn.stderr)) == (ngx.returncode, _emerg(ngx.stderr)), g
