@@ -206,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.dump:
             out = []
             for path, text in cycle.conf_files:
-                out.append(f"# configuration file {path}:\n{text}")
-                if not text.endswith("\n"):
-                    out.append("\n")
-                out.append("\n")
+                out.append(f"# configuration file {path}:\n{text}\n")
             sys.stdout.write("".join(out))
             sys.stdout.flush()
         cycle.files.close()
