@@ -47,6 +47,18 @@ def _strerror(code: int) -> str:
     return f"({code}: {os.strerror(code)})"
 
 
+def _broken_header_message(buf: bytearray) -> str:
+    """nginx's words for a bad header: it quotes (raw) what it read, up to the v1 maximum."""
+    sig = pp.V2_SIGNATURE
+    if len(buf) > len(sig) and buf.startswith(sig):
+        version = buf[len(sig)] >> 4
+        if version != 2:
+            return f"unknown PROXY protocol version: {version}"
+        return "header is too large" if len(buf) >= 16 else "broken header"
+    head = bytes(buf[: pp.V1_MAX_HEADER]).decode("latin-1")
+    return f'broken header: "{head}"'
+
+
 def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
     if family == socket.AF_UNIX:
         return (f"unix:{addr}" if addr else "unix:"), None
@@ -204,9 +216,8 @@ class ClientSide(asyncio.Protocol):
         buf += data
         try:
             parsed = pp.parse(buf)
-        except pp.ProxyProtocolError as exc:
-            header = exc.header.decode("latin-1", "replace").replace("\r", "").replace("\n", "")
-            self.log(ERROR, f'broken header: "{header}" while reading PROXY protocol')
+        except pp.ProxyProtocolError:
+            self.log(ERROR, f"{_broken_header_message(buf)} while reading PROXY protocol")
             self.finalize(STATUS_BAD_REQUEST)
             return
         if parsed is None:

@@ -127,7 +127,15 @@ BROKEN_HEADERS = [
         id="port-out-of-range",
     ),
     pytest.param(b"X" * 200, f'broken header: "{"X" * 107}"', id="long-no-crlf"),
-    pytest.param(b"PROXY TCP4 1.2.", 'broken header: "PROXY TCP4 1.2."', id="partial-segment"),
+    pytest.param(
+        b"PROXY TCP4 1.2.",
+        'broken header: "PROXY TCP4 1.2."',
+        id="partial-segment",
+        marks=pytest.mark.pyngx_differs(
+            "pyngx waits (up to proxy_protocol_timeout) for a header split across segments; "
+            "see tests/integration/test_stream_proxy_protocol_in.py"
+        ),
+    ),
     pytest.param(
         b"\r\n\r\n\x00\r\nQUIT\n\x00" + bytes(15),
         "unknown PROXY protocol version: 0",
