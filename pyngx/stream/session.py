@@ -440,7 +440,7 @@ class ClientSide(asyncio.Protocol):
             self.timer = self.loop.call_at(due, self._idle_check)
             return
         self.log(
-            ERROR, f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection"
+            INFO, f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection"
         )
         self.finalize(STATUS_OK)
 
