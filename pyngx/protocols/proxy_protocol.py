@@ -428,9 +428,7 @@ def encode_v1(
     if src_addr is None or src_port is None or dst_addr is None or dst_port is None:
         return b"PROXY UNKNOWN\r\n"
     src = _ip_address(src_addr)
-    dst = _ip_address(dst_addr)
-    if src.version != dst.version:
-        raise ValueError(f"address families differ: {src_addr!r}, {dst_addr!r}")
+    _ip_address(dst_addr)
     _check_port(src_port)
     _check_port(dst_port)
     protocol = "TCP4" if src.version == 4 else "TCP6"

@@ -337,7 +337,12 @@ class ClientSide(asyncio.Protocol):
         transport = up.transport
         assert transport is not None
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        header = self._proxy_header_out(transport)
+        try:
+            header = self._proxy_header_out(transport)
+        except ValueError as exc:
+            self.log(ERROR, f"cannot write PROXY protocol header: {exc}")
+            self.finalize(STATUS_INTERNAL)
+            return
         pending = self.pending
         self.pending = None
         if pending:

@@ -103,7 +103,6 @@ def test_encode_v1_unknown_when_anything_is_missing(args: tuple) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("127.0.0.1", 1, "::1", 2),
         ("127.0.0.1\r\n", 1, "127.0.0.1", 2),
         ("fe80::1%eth0", 1, "fe80::2", 2),
         ("example.com", 1, "127.0.0.1", 2),
@@ -114,6 +113,13 @@ def test_encode_v1_unknown_when_anything_is_missing(args: tuple) -> None:
 def test_encode_v1_rejects_bad_arguments(args: tuple) -> None:
     with pytest.raises(ValueError):
         encode_v1(*args)
+
+
+def test_encode_v1_mixed_families_follow_the_source_like_nginx() -> None:
+    # realip can give an IPv4 listener an IPv6 client: nginx writes TCP6 and both texts as is.
+    assert (
+        encode_v1("2001:db8::1", 1, "127.0.0.1", 2) == b"PROXY TCP6 2001:db8::1 127.0.0.1 1 2\r\n"
+    )
 
 
 def test_parse_v1_tcp4() -> None:
