@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         if opts.test:
             err(f"configuration file {paths.conf_path} test failed")
         return 1
+    from pyngx.core.log import WARN
+
+    for warning in cycle.warnings:
+        report(log, WARN, warning)
     if opts.test:
         if not opts.quiet:
             err(f"the configuration file {paths.conf_path} syntax is ok")

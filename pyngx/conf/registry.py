@@ -146,6 +146,13 @@ class Context:
             ctx = ctx.parent
         return None
 
+    def warn(self, node: Node, message: str) -> None:
+        """A `[warn]` that `-t` and start-up print with the location, as nginx's do."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        root.slots.setdefault("__warnings__", []).append(f"{message} in {node.file}:{node.line}")
+
     def up(self, kind: str) -> Context:
         ctx: Context | None = self
         while ctx is not None and ctx.kind != kind:

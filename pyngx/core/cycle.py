@@ -39,6 +39,7 @@ class Cycle:
     files: OpenFiles
     stream_servers: list[StreamServer]
     conf_files: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def pid_path(self) -> str:
@@ -86,7 +87,8 @@ def load_cycle(
     except BaseException:
         files.close()
         raise
-    return Cycle(paths, main, error_log, files, servers, parsed.files)
+    warnings = root.slots.get("__warnings__", [])
+    return Cycle(paths, main, error_log, files, servers, parsed.files, warnings)
 
 
 def _replace(main: MainConf, **changes: object) -> MainConf:

@@ -91,7 +91,31 @@ def _events(ctx: Context, node: Node) -> None:
 
 
 def _user(ctx: Context, node: Node) -> None:
-    ctx.set_once("user", (node.args[0], node.args[1] if len(node.args) > 1 else None), node)
+    if "user" in ctx.slots:
+        raise node.error('"user" directive is duplicate')
+    if os.geteuid() != 0:
+        ctx.warn(
+            node,
+            'the "user" directive makes sense only if the master process runs with '
+            "super-user privileges, ignored",
+        )
+        ctx.slots["user"] = None
+        return
+    import grp
+    import pwd
+
+    user = node.args[0]
+    group = node.args[1] if len(node.args) > 1 else None
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise node.error(f'getpwnam("{user}") failed') from None
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise node.error(f'getgrnam("{group}") failed') from None
+    ctx.set_once("user", (user, group), node)
 
 
 def _env(ctx: Context, node: Node) -> None:

@@ -6,7 +6,7 @@ import os
 
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import SocketTable
-from pyngx.core.log import EMERG, WARN, LogFile, report
+from pyngx.core.log import EMERG, LogFile, report
 from pyngx.core.master import (
     Master,
     StartupError,
@@ -42,12 +42,6 @@ def redirect_stderr(cycle: Cycle) -> None:
 
 def start(cycle: Cycle, paths: Paths, directives: str | None) -> int:
     main = cycle.main
-    if main.user is not None and os.geteuid() != 0:
-        cycle.error_log.log(
-            WARN,
-            'the "user" directive makes sense only if the master process runs with '
-            "super-user privileges, ignored",
-        )
     table = SocketTable()
     try:
         gen = bind_cycle(cycle, table)

@@ -79,6 +79,8 @@ CASES: dict[str, str] = {
     "missing include": EVENTS + "include /nonexistent/pyngx-test.conf;\n",
     "include with two args": EVENTS + "include a b;\n",
     "invalid worker_processes": EVENTS + "worker_processes many;\n",
+    "unknown user": "user no-such-user-pyngx;\n" + EVENTS,
+    "unknown group": "user root no-such-group-pyngx;\n" + EVENTS,
     "stream inside events": "events { stream { } }\n",
     "server outside stream": EVENTS + "server { }\n",
     "quote then junk": EVENTS + 'stream { log_format f "a"b; }\n',
