@@ -187,7 +187,7 @@ class ClientSide(asyncio.Protocol):
         self.remote_addr, self.remote_port = _addr_text(
             transport.get_extra_info("peername"), family
         )
-        if listen.wildcard:
+        if listen.wildcard or not listen.addr.port:
             self.server_addr, self.server_port = _addr_text(
                 transport.get_extra_info("sockname"), family
             )
