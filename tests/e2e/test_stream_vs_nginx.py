@@ -97,7 +97,7 @@ def test_specific_address_on_a_wildcard_port(
 ) -> None:
     """`listen P` and `listen 127.0.0.2:P` coexist: the local address picks the server."""
     a, b = backend(banner=b"A\n"), backend(banner=b"B\n")
-    port = free_port()
+    port = free_port("0.0.0.0")  # the wildcard must be free, not only 127.0.0.1
     server(
         "stream {\n"
         f"  server {{ listen {port}; proxy_pass {a.address}; }}\n"
