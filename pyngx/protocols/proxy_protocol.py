@@ -436,6 +436,14 @@ def encode_v1(
     return line.encode("ascii")
 
 
+def encode_v1_trusted(src_addr: str, src_port: int, dst_addr: str, dst_port: int) -> bytes:
+    """encode_v1 for addresses that are well-formed by construction (the kernel's peer and
+    local addresses, or a parsed header's): the per-connection path skips re-validating them.
+    """
+    protocol = "TCP6" if ":" in src_addr else "TCP4"
+    return f"PROXY {protocol} {src_addr} {dst_addr} {src_port} {dst_port}\r\n".encode("ascii")
+
+
 def encode_v2(
     command: Command = Command.PROXY,
     transport: Transport = Transport.STREAM,

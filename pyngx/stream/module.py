@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyngx.conf.errors import ConfigError, DirectiveValueError
@@ -70,6 +70,11 @@ class Upstream:
 
     name: str
     addrs: tuple[SockAddr, ...]
+    # $upstream_addr and log lines name each address as nginx prints it; computed once.
+    texts: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "texts", tuple(a.text for a in self.addrs))
 
 
 @dataclass(frozen=True, slots=True)

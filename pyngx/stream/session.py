@@ -267,11 +267,10 @@ class ClientSide(asyncio.Protocol):
     def connect_upstream(self) -> None:
         self.state = CONNECTING
         addrs = self.server.upstream.addrs
-        addr = addrs[
-            (self.worker.rr_next(self.server.index, len(addrs)) + self.addr_index) % len(addrs)
-        ]
+        index = (self.worker.rr_next(self.server.index, len(addrs)) + self.addr_index) % len(addrs)
+        addr = addrs[index]
         self.addr_index += 1
-        self.tried.append(addr.text)
+        self.tried.append(self.server.upstream.texts[index])
         self.connect_started = self.loop.time()
         self.connect_task = self.loop.create_task(self._connect(addr))
         self.timer = self.loop.call_later(self.server.connect_timeout, self._connect_timeout)
@@ -374,7 +373,9 @@ class ClientSide(asyncio.Protocol):
                 self.server_port,
             )
         if version == 1:
-            return pp.encode_v1(src, sport, dst, dport)
+            if src is None:
+                return b"PROXY UNKNOWN\r\n"
+            return pp.encode_v1_trusted(src, sport, dst, dport)  # type: ignore[arg-type]
         return pp.encode_v2(pp.Command.PROXY, pp.Transport.STREAM, src, sport, dst, dport)
 
     # -- relay -------------------------------------------------------------------------
