@@ -131,7 +131,6 @@ class ClientSide(asyncio.Protocol):
         "pending",
         "timer",
         "last_activity",
-        "idle_timeout",
         "tried",
         "addr_index",
         "connect_task",
@@ -202,9 +201,7 @@ class ClientSide(asyncio.Protocol):
         if listen.proxy_protocol:
             self.state = READING_PROXY_HEADER
             self.pending = bytearray()
-            self.timer = self.loop.call_later(
-                self.server.proxy_protocol_timeout, self._proxy_header_timeout
-            )
+            self.timer = self.loop.call_later(self.server.proxy_protocol_timeout, self._on_timer)
             return
         self.connect_upstream()
 
@@ -254,14 +251,6 @@ class ClientSide(asyncio.Protocol):
             ip = ip.ipv4_mapped  # type: ignore[union-attr]
         return any(not isinstance(n, str) and ip in n for n in nets)
 
-    def _proxy_header_timeout(self) -> None:
-        self.timer = None
-        if self.state == READING_PROXY_HEADER:
-            self.log(
-                INFO, f"client timed out {_strerror(errno.ETIMEDOUT)} while reading PROXY protocol"
-            )
-            self.finalize(STATUS_OK)
-
     # -- upstream connect --------------------------------------------------------------
 
     def connect_upstream(self) -> None:
@@ -273,7 +262,9 @@ class ClientSide(asyncio.Protocol):
         self.tried.append(self.server.upstream.texts[index])
         self.connect_started = self.loop.time()
         self.connect_task = self.loop.create_task(self._connect(addr))
-        self.timer = self.loop.call_later(self.server.connect_timeout, self._connect_timeout)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.connect_timeout, self._on_timer)
 
     async def _connect(self, addr: Any) -> None:
         srv = self.server
@@ -301,13 +292,6 @@ class ClientSide(asyncio.Protocol):
         finally:
             self.connect_task = None
 
-    def _connect_timeout(self) -> None:
-        self.timer = None
-        if self.state == CONNECTING and self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
-            self._connect_failed(f"upstream timed out {_strerror(errno.ETIMEDOUT)}")
-
     def _connect_failed(self, message: str) -> None:
         if self.state != CONNECTING:
             return
@@ -326,8 +310,6 @@ class ClientSide(asyncio.Protocol):
             assert up.transport is not None
             up.transport.abort()
             return
-        if self.timer is not None:
-            self.timer.cancel()
         self.upstream = up
         self.open_sides += 1
         self.state = RELAYING
@@ -354,9 +336,11 @@ class ClientSide(asyncio.Protocol):
         self.resume(self.transport, "connect")
         if self.client_eof:
             self.side_eof(from_upstream=False)
-        if self.state == RELAYING:
-            self.idle_timeout = self.server.timeout
-            self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        if self.state == RELAYING and self.server.timeout < self.server.connect_timeout:
+            # The connect timer fires too late to enforce a shorter idle timeout.
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(self.server.timeout, self._on_timer)
 
     def _proxy_header_out(self, transport: asyncio.Transport) -> bytes:
         version = self.server.proxy_protocol
@@ -436,19 +420,33 @@ class ClientSide(asyncio.Protocol):
             )
         self.finalize(self.status)
 
-    def _idle_check(self) -> None:
+    def _on_timer(self) -> None:
+        """One timer per session, serving each state's timeout in turn (one TimerHandle per
+        connection in the common case, not one per phase)."""
         self.timer = None
-        if self.state != RELAYING:
-            return
-        now = self.loop.time()
-        due = self.last_activity + self.idle_timeout
-        if now < due:
-            self.timer = self.loop.call_at(due, self._idle_check)
-            return
-        self.log(
-            INFO, f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection"
-        )
-        self.finalize(STATUS_OK)
+        state = self.state
+        if state == RELAYING:
+            now = self.loop.time()
+            due = self.last_activity + self.server.timeout
+            if now < due:
+                self.timer = self.loop.call_at(due, self._on_timer)
+                return
+            self.log(
+                INFO,
+                f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection",
+            )
+            self.finalize(STATUS_OK)
+        elif state == CONNECTING:
+            if self.connect_task is not None:
+                self.connect_task.cancel()
+                self.connect_task = None
+            self._connect_failed(f"upstream timed out {_strerror(errno.ETIMEDOUT)}")
+        elif state == READING_PROXY_HEADER:
+            self.log(
+                INFO,
+                f"client timed out {_strerror(errno.ETIMEDOUT)} while reading PROXY protocol",
+            )
+            self.finalize(STATUS_OK)
 
     # -- flow control and rate limits ----------------------------------------------------
 
