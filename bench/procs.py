@@ -76,6 +76,22 @@ def rss_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Proportional set size: pages shared between a master and its forked workers (or with
+    other processes) count once in total instead of once per process, unlike RSS."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: with the PID, it names one process even if PIDs are reused."""
     fields = _stat_fields(pid)

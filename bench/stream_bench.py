@@ -38,6 +38,7 @@ from bench.procs import (
     cpu_seconds,
     free_port,
     pin_tree,
+    pss_bytes,
     read_json_line,
     rss_bytes,
     spawn,
@@ -261,6 +262,7 @@ def measure_idle(port: int, settings: Settings, layout: Layout, server: Server) 
     server.start()
     time.sleep(0.5)
     before = rss_bytes(server.pids())
+    pss_before = pss_bytes(server.pids())
     count = settings.s3_conns
     proc = spawn(
         [PY, "-m", "bench.clients", "idle", "--port", str(port), "--count", str(count)],
@@ -272,6 +274,7 @@ def measure_idle(port: int, settings: Settings, layout: Layout, server: Server) 
         res = read_json_line(proc, 30 + count / 200)
         time.sleep(0.5)  # let the last upstream connects and buffer allocations settle
         after = rss_bytes(server.pids())
+        pss_after = pss_bytes(server.pids())
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -284,6 +287,8 @@ def measure_idle(port: int, settings: Settings, layout: Layout, server: Server) 
         "RSS before MiB": before / 2**20,
         "RSS after MiB": after / 2**20,
         "bytes/conn": (after - before) / n if n else None,
+        "PSS before MiB": pss_before / 2**20,
+        "PSS after MiB": pss_after / 2**20,
         "established": n,
         "errors": res["errors"],
         "connect seconds": res["seconds"],
@@ -375,7 +380,13 @@ METRICS = {
     "S1": (("GB/s", "hi"), ("CPU-s/GB", "lo")),
     "S1r": (("GB/s", "hi"), ("CPU-s/GB", "lo")),
     "S2": (("conn/s", "hi"), ("p50 ms", "lo"), ("p99 ms", "lo"), ("CPU-ms/1k conn", "lo")),
-    "S3": (("bytes/conn", "lo"), ("RSS before MiB", "lo"), ("RSS after MiB", "lo")),
+    "S3": (
+        ("bytes/conn", "lo"),
+        ("RSS before MiB", "lo"),
+        ("RSS after MiB", "lo"),
+        ("PSS before MiB", "lo"),
+        ("PSS after MiB", "lo"),
+    ),
 }
 
 
