@@ -517,6 +517,13 @@ class ClientSide(asyncio.Protocol):
     def _maybe_forget(self) -> None:
         if self.open_sides <= 0:
             self.worker.session_closed(self)
+            # Break the session <-> upstream cycle so reference counting frees both at once,
+            # instead of leaving every finished session to the cyclic garbage collector.
+            up = self.upstream
+            if up is not None:
+                up.session = None  # type: ignore[assignment]
+                up.transport = None
+                self.upstream = None
 
     def finalize(self, status: int) -> None:
         """End the session once: close both sides (flushing what is buffered) and log it."""
