@@ -95,6 +95,25 @@ def _sockets_for_worker(gen: Generation, index: int) -> list[tuple[ListenGroup, 
     return out
 
 
+def _close_others(
+    mine: list[tuple[ListenGroup, socket.socket]],
+    tables: list[dict[tuple[object, ...], list[socket.socket]]],
+) -> None:
+    """In a new worker: close the inherited listening sockets it does not serve.
+
+    A copy kept open here keeps a socket listening after the master and its real users closed
+    theirs: a port removed by a reload, or by QUIT another worker's reuseport socket, would
+    go on completing handshakes that nobody accepts instead of refusing connections.
+    Plain close(), never unlink(): a unix socket's path still belongs to the master.
+    """
+    keep = {id(s) for _, s in mine}
+    for table in tables:
+        for socks in table.values():
+            for s in socks:
+                if id(s) not in keep:
+                    s.close()
+
+
 def _set_parent_death_signal(sig: int) -> None:
     """Ask Linux to signal this worker when the master dies, so no orphan keeps ports."""
     try:
@@ -132,9 +151,11 @@ class Master:
                 for other in [*self.old, self.gen]:
                     if other is not gen:
                         other.cycle.files.close()
+                mine = _sockets_for_worker(gen, index)
+                _close_others(mine, [self.table.sockets, gen.sockets])
             except BaseException:
                 os._exit(2)
-            worker_process(gen.cycle, _sockets_for_worker(gen, index), index, self.counter)
+            worker_process(gen.cycle, mine, index, self.counter)
         gen.pids.add(pid)
         self.index_of[pid] = index
         self.log.log(NOTICE, f"start worker process {pid}")
@@ -269,7 +290,7 @@ class Master:
 
 def run_single(gen: Generation) -> int:
     """`master_process off`: serve in this process (nginx's single-process mode)."""
-    worker = Worker(gen.cycle, _sockets_for_worker(gen, 0), 0)
+    worker = Worker(gen.cycle, _sockets_for_worker(gen, 0), 0, channel=False)
     try:
         return worker.run()
     finally:
