@@ -74,6 +74,8 @@ class Worker:
         groups: list[tuple[ListenGroup, socket.socket]],
         index: int,
         counter: ConnectionCounter | _LocalCounter | None = None,
+        *,
+        channel: bool = True,
     ) -> None:
         self.cycle = cycle
         self.groups = groups
@@ -83,6 +85,11 @@ class Worker:
         self.servers: list[Any] = []
         self.counter = counter or _LocalCounter()
         self.worker_connections = cycle.main.worker_connections
+        # nginx spends worker_connections on every connection of the worker, not only on
+        # sessions: one per listening socket it serves, and one for the channel to the master
+        # (none with `master_process off`). Counted the same, the limit admits as many
+        # sessions as nginx's does (1 with `worker_connections 4` and one listen).
+        self.reserved_connections = len(groups) + int(channel)
         self.draining = False
         self.exit_code = 0
         self._rr: dict[int, int] = {}
@@ -95,7 +102,7 @@ class Worker:
 
     def over_connection_limit(self) -> bool:
         # nginx counts the client and the upstream connection of each session.
-        return len(self.sessions) * 2 > self.worker_connections
+        return len(self.sessions) * 2 + self.reserved_connections > self.worker_connections
 
     def rr_next(self, key: int, n: int) -> int:
         if n == 1:
@@ -107,7 +114,7 @@ class Worker:
     def session_closed(self, session: ClientSide) -> None:
         self.sessions.discard(session)
         if self.draining and not self.sessions:
-            self._stop()
+            self.loop.call_soon(self._stop_if_idle)  # not now: see graceful()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,12 +169,18 @@ class Worker:
         self.draining = True
         self.cycle.error_log.log(NOTICE, "gracefully shutting down")
         self._close_listeners()
-        if not self.sessions:
-            self._stop()
-            return
+        # A connection accepted just before the listeners closed may have its connection_made
+        # still queued (uvloop calls it soon, not at accept), so it is not yet in `sessions`.
+        # Every look at `sessions` from here on is a callback queued after this one, so after
+        # that connection_made: stopping earlier would drop the client unserved.
+        self.loop.call_soon(self._stop_if_idle)
         timeout = self.cycle.main.worker_shutdown_timeout
         if timeout is not None:
             self.loop.call_later(timeout, self.fast)
+
+    def _stop_if_idle(self) -> None:
+        if not self.sessions:
+            self._stop()
 
     def fast(self) -> None:
         self._close_listeners()
