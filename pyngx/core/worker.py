@@ -146,6 +146,7 @@ class Worker:
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)
         await self._stopped
+        self._flush_access_logs()
         return self.exit_code
 
     def _factory(self, group: ListenGroup) -> Callable[[], ClientSide]:
@@ -191,7 +192,19 @@ class Worker:
 
     def reopen(self) -> None:
         self.cycle.error_log.log(NOTICE, "reopening logs")
+        # Lines buffered before the signal belong in the file they were written for.
+        self._flush_access_logs()
         self.cycle.files.reopen()
+
+    def _flush_access_logs(self) -> None:
+        """Write out `access_log ... buffer=` lines, as nginx does on exit and before reopening
+        (ngx_conf_flush_files, ngx_reopen_files): a stopping worker must not lose them."""
+        seen: set[int] = set()
+        for server in self.cycle.stream_servers:
+            for log in server.access_logs:
+                if id(log) not in seen:
+                    seen.add(id(log))
+                    log.flush_now()
 
     def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
