@@ -17,9 +17,11 @@ from typing import Any
 
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
-from pyngx.core.log import ALERT, NOTICE
-from pyngx.stream.session import ClientSide
+from pyngx.core.log import ALERT, INFO, NOTICE
+from pyngx.stream.session import STATUS_OK, ClientSide
 
+# Exit status of a worker that could not start (nginx's: the master does not respawn it).
+WORKER_FATAL_EXIT = 2
 WORKER_SIGNALS = (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
@@ -90,6 +92,7 @@ class Worker:
         # (none with `master_process off`). Counted the same, the limit admits as many
         # sessions as nginx's does (1 with `worker_connections 4` and one listen).
         self.reserved_connections = len(groups) + int(channel)
+        self.under_master = channel
         self.draining = False
         self.exit_code = 0
         self._rr: dict[int, int] = {}
@@ -146,6 +149,8 @@ class Worker:
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)
         await self._stopped
+        if self.under_master:
+            self.cycle.error_log.log(NOTICE, "exiting")
         self._flush_access_logs()
         return self.exit_code
 
@@ -177,7 +182,15 @@ class Worker:
         self.loop.call_soon(self._stop_if_idle)
         timeout = self.cycle.main.worker_shutdown_timeout
         if timeout is not None:
-            self.loop.call_later(timeout, self.fast)
+            self.loop.call_later(timeout, self._shutdown_timeout)
+
+    def _shutdown_timeout(self) -> None:
+        # As nginx's shutdown timer: each session still open is logged and ended as by its
+        # own end (access log line, status 200), then whatever is left is dropped.
+        for s in list(self.sessions):
+            s.log(INFO, "shutdown timeout while proxying connection")
+            s.finalize(STATUS_OK)
+        self.fast()
 
     def _stop_if_idle(self) -> None:
         if not self.sessions:
@@ -221,10 +234,13 @@ def worker_process(
     counter: ConnectionCounter,
 ) -> None:
     """Entry point in the forked child; never returns."""
-    code = 2
+    code = WORKER_FATAL_EXIT
     try:
         _apply_process_settings(cycle, index)
-        code = Worker(cycle, groups, index, counter).run()
+        worker = Worker(cycle, groups, index, counter)
+        code = 1  # set up: from here a failure is a crash, and the master respawns it
+        code = worker.run()
+        cycle.error_log.log(NOTICE, "exit")
     except BaseException as exc:  # the worker must leave through os._exit, whatever happens
         try:
             cycle.error_log.log(ALERT, f"worker process failed: {type(exc).__name__}: {exc}")
