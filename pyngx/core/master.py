@@ -24,10 +24,24 @@ from pyngx.conf.errors import ConfigError
 from pyngx.core.cycle import Cycle, load_cycle
 from pyngx.core.listening import ListenGroup, SocketTable, plan
 from pyngx.core.log import ALERT, EMERG, NOTICE
-from pyngx.core.worker import WORKER_SIGNALS, ConnectionCounter, Worker, worker_process
+from pyngx.core.worker import (
+    WORKER_FATAL_EXIT,
+    WORKER_SIGNALS,
+    ConnectionCounter,
+    Worker,
+    worker_process,
+)
 
 MASTER_SIGNALS = (*WORKER_SIGNALS, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR2)
 FAST_STOP_KILL_AFTER = 5.0
+# What nginx's master adds to "signal N (NAME) received from PID" (ngx_signal_handler).
+SIGNAL_ACTIONS = {
+    signal.SIGHUP: ", reconfiguring",
+    signal.SIGQUIT: ", shutting down",
+    signal.SIGTERM: ", exiting",
+    signal.SIGINT: ", exiting",
+    signal.SIGUSR1: ", reopening logs",
+}
 SIGNAL_NAMES = {
     signal.SIGHUP: "SIGHUP",
     signal.SIGQUIT: "SIGQUIT",
@@ -154,7 +168,7 @@ class Master:
                 mine = _sockets_for_worker(gen, index)
                 _close_others(mine, [self.table.sockets, gen.sockets])
             except BaseException:
-                os._exit(2)
+                os._exit(WORKER_FATAL_EXIT)
             worker_process(gen.cycle, mine, index, self.counter)
         gen.pids.add(pid)
         self.index_of[pid] = index
@@ -162,6 +176,7 @@ class Master:
         return pid
 
     def start_workers(self, gen: Generation) -> None:
+        self.log.log(NOTICE, "start worker processes")
         for i in range(gen.cycle.main.worker_processes):
             self.spawn(gen, i)
 
@@ -200,9 +215,9 @@ class Master:
                 pass
 
     def on_signal(self, signo: int, sender: int) -> None:
-        if signo != signal.SIGCHLD:
-            name = SIGNAL_NAMES.get(signo, str(signo))
-            self.log.log(NOTICE, f"signal {signo} ({name}) received from {sender}")
+        name = SIGNAL_NAMES.get(signo, str(signo))
+        action = SIGNAL_ACTIONS.get(signo, "")
+        self.log.log(NOTICE, f"signal {signo} ({name}) received from {sender}{action}")
         if signo == signal.SIGHUP:
             if not self.stopping:
                 self.reload()
@@ -231,19 +246,28 @@ class Master:
             self.worker_exited(pid, status)
 
     def worker_exited(self, pid: int, status: int) -> None:
+        """As nginx's ngx_process_get_status and ngx_reap_children."""
+        code: int | None = None
         if os.WIFSIGNALED(status):
-            how = f"exited on signal {os.WTERMSIG(status)}"
-            crashed = True
+            core = " (core dumped)" if os.WCOREDUMP(status) else ""
+            self.log.log(
+                ALERT, f"worker process {pid} exited on signal {os.WTERMSIG(status)}{core}"
+            )
         else:
             code = os.WEXITSTATUS(status)
-            how = f"exited with code {code}"
-            crashed = code != 0
-        level = ALERT if crashed and not self.stopping else NOTICE
-        self.log.log(level, f"worker process {pid} {how}")
+            self.log.log(NOTICE, f"worker process {pid} exited with code {code}")
         index = self.index_of.pop(pid, 0)
         if pid in self.gen.pids:
             self.gen.pids.discard(pid)
-            if not self.stopping and crashed:
+            if code == WORKER_FATAL_EXIT:
+                # It failed before serving (bad user, ...): respawning would only loop.
+                self.log.log(
+                    ALERT,
+                    f"worker process {pid} exited with fatal code {code} and cannot be respawned",
+                )
+            elif not self.stopping:
+                # Whatever the reason, even a QUIT sent to the worker itself: the master did
+                # not ask it to go, so the service keeps its number of workers.
                 self.spawn(self.gen, index)
             return
         for g in list(self.old):
@@ -295,6 +319,7 @@ def run_single(gen: Generation) -> int:
         return worker.run()
     finally:
         remove_pid(gen.cycle.pid_path)
+        gen.cycle.error_log.log(NOTICE, "exit")
 
 
 def block_signals() -> None:
