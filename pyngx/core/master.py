@@ -232,7 +232,8 @@ class Master:
             self.kill_at = time.monotonic() + FAST_STOP_KILL_AFTER
         elif signo == signal.SIGUSR1:
             self.log.log(NOTICE, "reopening logs")
-            self.gen.cycle.files.reopen()
+            for error in self.gen.cycle.files.reopen():
+                self.log.log(EMERG, error)
             self.signal_all(signal.SIGUSR1)
 
     def reap(self) -> None:

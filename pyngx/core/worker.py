@@ -17,7 +17,7 @@ from typing import Any
 
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
-from pyngx.core.log import ALERT, INFO, NOTICE
+from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
 from pyngx.stream.session import STATUS_OK, ClientSide
 
 # Exit status of a worker that could not start (nginx's: the master does not respawn it).
@@ -207,7 +207,8 @@ class Worker:
         self.cycle.error_log.log(NOTICE, "reopening logs")
         # Lines buffered before the signal belong in the file they were written for.
         self._flush_access_logs()
-        self.cycle.files.reopen()
+        for error in self.cycle.files.reopen():
+            self.cycle.error_log.log(EMERG, error)
 
     def _flush_access_logs(self) -> None:
         """Write out `access_log ... buffer=` lines, as nginx does on exit and before reopening

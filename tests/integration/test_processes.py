@@ -876,3 +876,29 @@ def test_workers_leave_when_the_master_is_killed(
         echo(c, b"the open session finishes")
     wait_until(lambda: not any(alive(w) for w in workers), "the orphaned workers to exit")
     assert refused(port)
+
+
+def test_reopen_failure_is_emerg_and_keeps_the_old_file(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    b = backend(mode="echo")
+    port = free_port()
+    logs = Path("logs")
+    server = pyngx(proxy_body(port, b, access_log=str(logs / "sub" / "access.log")), start=False)
+    sub = server.prefix / "logs" / "sub"
+    sub.mkdir()
+    server.start()
+    sub.rename(sub.with_name("sub.old"))
+    mark = server.log_mark()
+    server.signal(signal.SIGUSR1)
+    message = (
+        rf'open\(\) "{re.escape(str(sub))}/access.log" failed \(2: No such file or directory\)'
+    )
+    server.wait_for_log(rf"\[emerg\] {server.pid}#0: {message}", since=mark)
+    (worker,) = children(server.pid)
+    server.wait_for_log(rf"\[emerg\] {worker}#0: {message}", since=mark)
+    # Still logging, to the file it had.
+    with client(LOOPBACK, port) as c:
+        echo(c, b"kept")
+    old = sub.with_name("sub.old") / "access.log"
+    wait_until(lambda: old.read_text() == "127.0.0.23 4 200\n", "the line in the old file")
