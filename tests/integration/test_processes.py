@@ -182,8 +182,19 @@ def test_pid_file_names_the_master_and_follows_bind(
 ) -> None:
     b = backend(mode="echo")
     port = free_port()
-    server = pyngx(proxy_body(port, b))  # returns as soon as the pid file names the master
-    # No wait_for_port: the socket must already be listening when the pid file appears.
+    server = pyngx(proxy_body(port, b), start=False)
+    with open(server.stdout_path, "wb") as out, open(server.stderr_path, "wb") as err:
+        # Started here rather than by start(), to watch for the pid file without pausing;
+        # set as server.proc, so that the fixture stops it.
+        server.proc = subprocess.Popen(
+            server.command, env=server.env, stdout=out, stderr=err, start_new_session=True
+        )
+    deadline = time.monotonic() + 10.0
+    while not server.pid_path.exists():
+        assert time.monotonic() < deadline and server.proc.poll() is None
+        time.sleep(0.001)
+    # The moment it appears, the socket must be listening already (a refused connection
+    # here would mean the pid file came first).
     with client(LOOPBACK, port) as c:
         echo(c, b"ping")
     assert server.pid_path.read_text() == f"{server.pid}\n"
@@ -902,3 +913,20 @@ def test_reopen_failure_is_emerg_and_keeps_the_old_file(
         echo(c, b"kept")
     old = sub.with_name("sub.old") / "access.log"
     wait_until(lambda: old.read_text() == "127.0.0.23 4 200\n", "the line in the old file")
+
+
+def test_second_instance_fails_and_leaves_the_first_alone(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    b = backend(mode="echo")
+    port = free_port()
+    server = pyngx(proxy_body(port, b))
+    r = run_pyngx(["-p", str(server.prefix), "-c", str(server.conf_path)])
+    assert r.returncode == 1
+    assert f"[emerg] bind() to {LOOPBACK}:{port} failed (98: Address already in use)" in r.stderr
+    assert server.pid_path.read_text() == f"{server.pid}\n"
+    with client(LOOPBACK, port) as c:
+        echo(c, b"the first still serves")
+    r = cli(server, "-s", "quit")
+    assert r.returncode == 0
+    assert wait_exit(server) == 0
