@@ -93,6 +93,7 @@ class ServerProcess:
         pid_path: Path,
         error_log_path: Path,
         env: dict[str, str] | None = None,
+        close_std_fds: bool = False,
     ) -> None:
         self.prefix = prefix
         self.conf_path = conf_path
@@ -102,6 +103,9 @@ class ServerProcess:
         self.stdout_path = prefix / "logs" / "stdout.txt"
         self.stderr_path = prefix / "logs" / "stderr.txt"
         self.env = env
+        # Start with file descriptors 0, 1 and 2 closed, as some supervisors do: the server must
+        # not mistake whatever it opens next (a log, a socket) for stdin/stdout/stderr.
+        self.close_std_fds = close_std_fds
         self.proc: subprocess.Popen[bytes] | None = None
         # Set by stop() when processes of the group outlived the main one and were SIGKILLed.
         self.strays_killed = False
@@ -113,9 +117,13 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} already running (pid {self.proc.pid})")
         self.pid_path.unlink(missing_ok=True)
         self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command
+        if self.close_std_fds:
+            # exec keeps the pid (and so the pid file check and the exit status) the server's.
+            command = ["/bin/sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh", *command]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                self.command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

@@ -42,15 +42,18 @@ class LogFile:
             # Logging must never take a connection or a worker down (disk full, closed fd).
             pass
 
-    def reopen(self) -> None:
-        if self.fd == 2:
-            return
+    def reopen(self) -> str | None:
+        """Open the path anew in place of the current file; on failure keep writing to the
+        current one (as nginx does) and return nginx's message for the error log."""
+        if self.fd < 0 or self.fd == 2:
+            return None
         try:
             fd = self._open(self.path)
-        except OSError:
-            return
+        except OSError as exc:
+            return f'open() "{self.path}" failed {os_error_text(exc)}'
         os.dup2(fd, self.fd)
         os.close(fd)
+        return None
 
     def close(self) -> None:
         if self.fd > 2:
@@ -77,9 +80,9 @@ class OpenFiles:
             self.files[path] = f
         return f
 
-    def reopen(self) -> None:
-        for f in self.files.values():
-            f.reopen()
+    def reopen(self) -> list[str]:
+        """Reopen every file; the messages of those that could not be (to log as emerg)."""
+        return [err for f in self.files.values() if (err := f.reopen()) is not None]
 
     def close(self) -> None:
         for f in self.files.values():

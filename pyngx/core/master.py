@@ -24,10 +24,24 @@ from pyngx.conf.errors import ConfigError
 from pyngx.core.cycle import Cycle, load_cycle
 from pyngx.core.listening import ListenGroup, SocketTable, plan
 from pyngx.core.log import ALERT, EMERG, NOTICE
-from pyngx.core.worker import WORKER_SIGNALS, ConnectionCounter, Worker, worker_process
+from pyngx.core.worker import (
+    WORKER_FATAL_EXIT,
+    WORKER_SIGNALS,
+    ConnectionCounter,
+    Worker,
+    worker_process,
+)
 
 MASTER_SIGNALS = (*WORKER_SIGNALS, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR2)
 FAST_STOP_KILL_AFTER = 5.0
+# What nginx's master adds to "signal N (NAME) received from PID" (ngx_signal_handler).
+SIGNAL_ACTIONS = {
+    signal.SIGHUP: ", reconfiguring",
+    signal.SIGQUIT: ", shutting down",
+    signal.SIGTERM: ", exiting",
+    signal.SIGINT: ", exiting",
+    signal.SIGUSR1: ", reopening logs",
+}
 SIGNAL_NAMES = {
     signal.SIGHUP: "SIGHUP",
     signal.SIGQUIT: "SIGQUIT",
@@ -95,6 +109,25 @@ def _sockets_for_worker(gen: Generation, index: int) -> list[tuple[ListenGroup, 
     return out
 
 
+def _close_others(
+    mine: list[tuple[ListenGroup, socket.socket]],
+    tables: list[dict[tuple[object, ...], list[socket.socket]]],
+) -> None:
+    """In a new worker: close the inherited listening sockets it does not serve.
+
+    A copy kept open here keeps a socket listening after the master and its real users closed
+    theirs: a port removed by a reload, or by QUIT another worker's reuseport socket, would
+    go on completing handshakes that nobody accepts instead of refusing connections.
+    Plain close(), never unlink(): a unix socket's path still belongs to the master.
+    """
+    keep = {id(s) for _, s in mine}
+    for table in tables:
+        for socks in table.values():
+            for s in socks:
+                if id(s) not in keep:
+                    s.close()
+
+
 def _set_parent_death_signal(sig: int) -> None:
     """Ask Linux to signal this worker when the master dies, so no orphan keeps ports."""
     try:
@@ -132,15 +165,18 @@ class Master:
                 for other in [*self.old, self.gen]:
                     if other is not gen:
                         other.cycle.files.close()
+                mine = _sockets_for_worker(gen, index)
+                _close_others(mine, [self.table.sockets, gen.sockets])
             except BaseException:
-                os._exit(2)
-            worker_process(gen.cycle, _sockets_for_worker(gen, index), index, self.counter)
+                os._exit(WORKER_FATAL_EXIT)
+            worker_process(gen.cycle, mine, index, self.counter)
         gen.pids.add(pid)
         self.index_of[pid] = index
         self.log.log(NOTICE, f"start worker process {pid}")
         return pid
 
     def start_workers(self, gen: Generation) -> None:
+        self.log.log(NOTICE, "start worker processes")
         for i in range(gen.cycle.main.worker_processes):
             self.spawn(gen, i)
 
@@ -179,9 +215,9 @@ class Master:
                 pass
 
     def on_signal(self, signo: int, sender: int) -> None:
-        if signo != signal.SIGCHLD:
-            name = SIGNAL_NAMES.get(signo, str(signo))
-            self.log.log(NOTICE, f"signal {signo} ({name}) received from {sender}")
+        name = SIGNAL_NAMES.get(signo, str(signo))
+        action = SIGNAL_ACTIONS.get(signo, "")
+        self.log.log(NOTICE, f"signal {signo} ({name}) received from {sender}{action}")
         if signo == signal.SIGHUP:
             if not self.stopping:
                 self.reload()
@@ -196,7 +232,8 @@ class Master:
             self.kill_at = time.monotonic() + FAST_STOP_KILL_AFTER
         elif signo == signal.SIGUSR1:
             self.log.log(NOTICE, "reopening logs")
-            self.gen.cycle.files.reopen()
+            for error in self.gen.cycle.files.reopen():
+                self.log.log(EMERG, error)
             self.signal_all(signal.SIGUSR1)
 
     def reap(self) -> None:
@@ -210,19 +247,28 @@ class Master:
             self.worker_exited(pid, status)
 
     def worker_exited(self, pid: int, status: int) -> None:
+        """As nginx's ngx_process_get_status and ngx_reap_children."""
+        code: int | None = None
         if os.WIFSIGNALED(status):
-            how = f"exited on signal {os.WTERMSIG(status)}"
-            crashed = True
+            core = " (core dumped)" if os.WCOREDUMP(status) else ""
+            self.log.log(
+                ALERT, f"worker process {pid} exited on signal {os.WTERMSIG(status)}{core}"
+            )
         else:
             code = os.WEXITSTATUS(status)
-            how = f"exited with code {code}"
-            crashed = code != 0
-        level = ALERT if crashed and not self.stopping else NOTICE
-        self.log.log(level, f"worker process {pid} {how}")
+            self.log.log(NOTICE, f"worker process {pid} exited with code {code}")
         index = self.index_of.pop(pid, 0)
         if pid in self.gen.pids:
             self.gen.pids.discard(pid)
-            if not self.stopping and crashed:
+            if code == WORKER_FATAL_EXIT:
+                # It failed before serving (bad user, ...): respawning would only loop.
+                self.log.log(
+                    ALERT,
+                    f"worker process {pid} exited with fatal code {code} and cannot be respawned",
+                )
+            elif not self.stopping:
+                # Whatever the reason, even a QUIT sent to the worker itself: the master did
+                # not ask it to go, so the service keeps its number of workers.
                 self.spawn(self.gen, index)
             return
         for g in list(self.old):
@@ -269,11 +315,12 @@ class Master:
 
 def run_single(gen: Generation) -> int:
     """`master_process off`: serve in this process (nginx's single-process mode)."""
-    worker = Worker(gen.cycle, _sockets_for_worker(gen, 0), 0)
+    worker = Worker(gen.cycle, _sockets_for_worker(gen, 0), 0, channel=False)
     try:
         return worker.run()
     finally:
         remove_pid(gen.cycle.pid_path)
+        gen.cycle.error_log.log(NOTICE, "exit")
 
 
 def block_signals() -> None:

@@ -17,9 +17,11 @@ from typing import Any
 
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
-from pyngx.core.log import ALERT, NOTICE
-from pyngx.stream.session import ClientSide
+from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
+from pyngx.stream.session import STATUS_OK, ClientSide
 
+# Exit status of a worker that could not start (nginx's: the master does not respawn it).
+WORKER_FATAL_EXIT = 2
 WORKER_SIGNALS = (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
@@ -74,6 +76,8 @@ class Worker:
         groups: list[tuple[ListenGroup, socket.socket]],
         index: int,
         counter: ConnectionCounter | _LocalCounter | None = None,
+        *,
+        channel: bool = True,
     ) -> None:
         self.cycle = cycle
         self.groups = groups
@@ -83,6 +87,12 @@ class Worker:
         self.servers: list[Any] = []
         self.counter = counter or _LocalCounter()
         self.worker_connections = cycle.main.worker_connections
+        # nginx spends worker_connections on every connection of the worker, not only on
+        # sessions: one per listening socket it serves, and one for the channel to the master
+        # (none with `master_process off`). Counted the same, the limit admits as many
+        # sessions as nginx's does (1 with `worker_connections 4` and one listen).
+        self.reserved_connections = len(groups) + int(channel)
+        self.under_master = channel
         self.draining = False
         self.exit_code = 0
         self._rr: dict[int, int] = {}
@@ -95,7 +105,7 @@ class Worker:
 
     def over_connection_limit(self) -> bool:
         # nginx counts the client and the upstream connection of each session.
-        return len(self.sessions) * 2 > self.worker_connections
+        return len(self.sessions) * 2 + self.reserved_connections > self.worker_connections
 
     def rr_next(self, key: int, n: int) -> int:
         if n == 1:
@@ -107,7 +117,7 @@ class Worker:
     def session_closed(self, session: ClientSide) -> None:
         self.sessions.discard(session)
         if self.draining and not self.sessions:
-            self._stop()
+            self.loop.call_soon(self._stop_if_idle)  # not now: see graceful()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -139,6 +149,9 @@ class Worker:
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)
         await self._stopped
+        if self.under_master:
+            self.cycle.error_log.log(NOTICE, "exiting")
+        self._flush_access_logs()
         return self.exit_code
 
     def _factory(self, group: ListenGroup) -> Callable[[], ClientSide]:
@@ -162,12 +175,26 @@ class Worker:
         self.draining = True
         self.cycle.error_log.log(NOTICE, "gracefully shutting down")
         self._close_listeners()
-        if not self.sessions:
-            self._stop()
-            return
+        # A connection accepted just before the listeners closed may have its connection_made
+        # still queued (uvloop calls it soon, not at accept), so it is not yet in `sessions`.
+        # Every look at `sessions` from here on is a callback queued after this one, so after
+        # that connection_made: stopping earlier would drop the client unserved.
+        self.loop.call_soon(self._stop_if_idle)
         timeout = self.cycle.main.worker_shutdown_timeout
         if timeout is not None:
-            self.loop.call_later(timeout, self.fast)
+            self.loop.call_later(timeout, self._shutdown_timeout)
+
+    def _shutdown_timeout(self) -> None:
+        # As nginx's shutdown timer: each session still open is logged and ended as by its
+        # own end (access log line, status 200), then whatever is left is dropped.
+        for s in list(self.sessions):
+            s.log(INFO, "shutdown timeout while proxying connection")
+            s.finalize(STATUS_OK)
+        self.fast()
+
+    def _stop_if_idle(self) -> None:
+        if not self.sessions:
+            self._stop()
 
     def fast(self) -> None:
         self._close_listeners()
@@ -178,7 +205,20 @@ class Worker:
 
     def reopen(self) -> None:
         self.cycle.error_log.log(NOTICE, "reopening logs")
-        self.cycle.files.reopen()
+        # Lines buffered before the signal belong in the file they were written for.
+        self._flush_access_logs()
+        for error in self.cycle.files.reopen():
+            self.cycle.error_log.log(EMERG, error)
+
+    def _flush_access_logs(self) -> None:
+        """Write out `access_log ... buffer=` lines, as nginx does on exit and before reopening
+        (ngx_conf_flush_files, ngx_reopen_files): a stopping worker must not lose them."""
+        seen: set[int] = set()
+        for server in self.cycle.stream_servers:
+            for log in server.access_logs:
+                if id(log) not in seen:
+                    seen.add(id(log))
+                    log.flush_now()
 
     def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -195,10 +235,13 @@ def worker_process(
     counter: ConnectionCounter,
 ) -> None:
     """Entry point in the forked child; never returns."""
-    code = 2
+    code = WORKER_FATAL_EXIT
     try:
         _apply_process_settings(cycle, index)
-        code = Worker(cycle, groups, index, counter).run()
+        worker = Worker(cycle, groups, index, counter)
+        code = 1  # set up: from here a failure is a crash, and the master respawns it
+        code = worker.run()
+        cycle.error_log.log(NOTICE, "exit")
     except BaseException as exc:  # the worker must leave through os._exit, whatever happens
         try:
             cycle.error_log.log(ALERT, f"worker process failed: {type(exc).__name__}: {exc}")
