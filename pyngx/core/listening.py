@@ -8,15 +8,21 @@ already has (no connection is refused while reloading) and opens only new ones.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyngx.conf.values import SockAddr
+from pyngx.core.log import EMERG, NOTICE
 from pyngx.stream.module import ListenOpts, StreamServer
 
 Target = tuple[StreamServer, ListenOpts]
+BIND_TRIES = 5
+BIND_RETRY_DELAY = 0.5
 
 
 @dataclass(slots=True)
@@ -116,25 +122,50 @@ class SocketTable:
         self.sockets: dict[tuple[Any, ...], list[socket.socket]] = {}
 
     def open_for(
-        self, groups: list[ListenGroup], workers: int
+        self,
+        groups: list[ListenGroup],
+        workers: int,
+        log: Callable[[int, str], None] | None = None,
     ) -> dict[tuple[Any, ...], list[socket.socket]]:
-        """Sockets for these groups, reusing ours; raises OSError without changing the table."""
-        result: dict[tuple[Any, ...], list[socket.socket]] = {}
+        """Sockets for these groups, reusing ours; raises OSError without changing the table.
+
+        As nginx does, an address in use is retried BIND_TRIES times, BIND_RETRY_DELAY apart
+        (an old instance may be on its way out); other errors fail at once.
+        """
+        have: dict[tuple[Any, ...], list[socket.socket]] = {
+            g.key: list(self.sockets.get(g.key, [])) for g in groups
+        }
         created: list[socket.socket] = []
         try:
-            for g in groups:
-                have = list(self.sockets.get(g.key, []))
-                need = workers if g.opts.reuseport else 1
-                while len(have) < need:
-                    s = open_socket(g.opts)
-                    created.append(s)
-                    have.append(s)
-                result[g.key] = have[:need]
+            for attempt in range(BIND_TRIES):
+                in_use = False
+                for g in groups:
+                    socks = have[g.key]
+                    need = workers if g.opts.reuseport else 1
+                    while len(socks) < need:
+                        try:
+                            s = open_socket(g.opts)
+                        except OSError as exc:
+                            if exc.errno != errno.EADDRINUSE:
+                                raise
+                            if log is not None:
+                                log(EMERG, exc.strerror or str(exc))
+                            in_use = True
+                            break
+                        created.append(s)
+                        socks.append(s)
+                if not in_use:
+                    break
+                if attempt == BIND_TRIES - 1:
+                    raise OSError(errno.EADDRINUSE, "still could not bind()")
+                if log is not None:
+                    log(NOTICE, f"try again to bind() after {int(BIND_RETRY_DELAY * 1000)}ms")
+                time.sleep(BIND_RETRY_DELAY)
         except BaseException:
             for s in created:
                 s.close()
             raise
-        return result
+        return {g.key: have[g.key][: workers if g.opts.reuseport else 1] for g in groups}
 
     def commit(self, opened: dict[tuple[Any, ...], list[socket.socket]]) -> None:
         """Make `opened` the table; close the sockets it no longer uses."""

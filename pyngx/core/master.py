@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pyngx.conf.errors import ConfigError
 from pyngx.core.cycle import Cycle, load_cycle
 from pyngx.core.listening import ListenGroup, SocketTable, plan
-from pyngx.core.log import ALERT, EMERG, NOTICE
+from pyngx.core.log import ALERT, EMERG, NOTICE, report
 from pyngx.core.worker import (
     WORKER_FATAL_EXIT,
     WORKER_SIGNALS,
@@ -66,10 +66,18 @@ class Generation:
     pids: set[int] = field(default_factory=set)
 
 
-def bind_cycle(cycle: Cycle, table: SocketTable) -> Generation:
+def bind_cycle(cycle: Cycle, table: SocketTable, *, startup: bool = False) -> Generation:
+    """Open the cycle's sockets. At start-up, failures also go to the console, as nginx's do."""
     groups = plan(cycle.stream_servers)
+
+    def log(level: int, message: str) -> None:
+        if startup:
+            report(cycle.error_log, level, message)
+        else:
+            cycle.error_log.log(level, message)
+
     try:
-        sockets = table.open_for(groups, cycle.main.worker_processes)
+        sockets = table.open_for(groups, cycle.main.worker_processes, log)
     except OSError as exc:
         raise StartupError(exc.strerror or str(exc)) from None
     return Generation(cycle, groups, sockets)

@@ -44,7 +44,7 @@ def start(cycle: Cycle, paths: Paths, directives: str | None) -> int:
     main = cycle.main
     table = SocketTable()
     try:
-        gen = bind_cycle(cycle, table)
+        gen = bind_cycle(cycle, table, startup=True)
     except StartupError as exc:
         _emerg(cycle, str(exc))
         return 1

@@ -8,6 +8,7 @@ Exceptions inside a connection's callbacks are logged and cost only that connect
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -26,18 +27,30 @@ WORKER_SIGNALS = (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
 
 
 class ConnectionCounter:
-    """$connection numbers, unique across the workers of a master (shared memory)."""
+    """$connection numbers, unique across the workers of a master (shared memory).
+
+    Each worker takes a block of COUNTER_BLOCK numbers under the lock and hands them out
+    locally: unique like nginx's shared atomic counter, without a lock per connection.
+    """
+
+    COUNTER_BLOCK = 64
 
     def __init__(self) -> None:
         import multiprocessing
 
         self._value = multiprocessing.Value("Q", 0)
+        self._next = self._end = 0
 
     def next(self) -> int:
-        v = self._value
-        with v.get_lock():
-            v.value += 1
-            return int(v.value)
+        n = self._next
+        if n >= self._end:
+            v = self._value
+            with v.get_lock():
+                n = int(v.value) + 1
+                v.value = n - 1 + self.COUNTER_BLOCK
+            self._end = n + self.COUNTER_BLOCK
+        self._next = n + 1
+        return n
 
 
 class _LocalCounter:
@@ -148,6 +161,7 @@ class Worker:
             factory = self._factory(group)
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)
+        self._start_flush_timers()
         await self._stopped
         if self.under_master:
             self.cycle.error_log.log(NOTICE, "exiting")
@@ -210,6 +224,20 @@ class Worker:
         for error in self.cycle.files.reopen():
             self.cycle.error_log.log(EMERG, error)
 
+    def _start_flush_timers(self) -> None:
+        """`access_log ... flush=time`: buffered lines never wait longer than that."""
+        seen: set[int] = set()
+        for server in self.cycle.stream_servers:
+            for log in server.access_logs:
+                if log.flush and id(log) not in seen:
+                    seen.add(id(log))
+                    self.loop.call_later(log.flush, self._flush_tick, log)
+
+    def _flush_tick(self, log: Any) -> None:
+        log.flush_now()
+        if self._stopped is not None and not self._stopped.done():
+            self.loop.call_later(log.flush, self._flush_tick, log)
+
     def _flush_access_logs(self) -> None:
         """Write out `access_log ... buffer=` lines, as nginx does on exit and before reopening
         (ngx_conf_flush_files, ngx_reopen_files): a stopping worker must not lose them."""
@@ -239,6 +267,9 @@ def worker_process(
     try:
         _apply_process_settings(cycle, index)
         worker = Worker(cycle, groups, index, counter)
+        # Everything allocated so far lives as long as the worker: keep the cyclic collector
+        # from walking it again and again (and from touching pages shared with the master).
+        gc.freeze()
         code = 1  # set up: from here a failure is a crash, and the master respawns it
         code = worker.run()
         cycle.error_log.log(NOTICE, "exit")
@@ -257,6 +288,7 @@ def worker_process(
 
 def _apply_process_settings(cycle: Cycle, index: int) -> None:
     main = cycle.main
+    _apply_env(main.env)
     if main.worker_priority:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, main.worker_priority)
@@ -286,3 +318,18 @@ def _apply_process_settings(cycle: Cycle, index: int) -> None:
         os.setgid(gid)
         os.initgroups(user, gid)
         os.setuid(pw.pw_uid)
+
+
+def _apply_env(specs: tuple[str, ...]) -> None:
+    """nginx's `env`: workers keep only TZ and the variables named (or set) by `env`."""
+    keep: dict[str, str] = {}
+    if "TZ" in os.environ:
+        keep["TZ"] = os.environ["TZ"]
+    for spec in specs:
+        name, eq, value = spec.partition("=")
+        if eq:
+            keep[name] = value
+        elif name in os.environ:
+            keep[name] = os.environ[name]
+    os.environ.clear()
+    os.environ.update(keep)

@@ -25,7 +25,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from pyngx.core.log import ERROR, INFO
+from pyngx.core.log import ALERT, ERROR, INFO
 from pyngx.protocols import proxy_protocol as pp
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ def _broken_header_message(buf: bytearray) -> str:
         return "header is too large" if len(buf) >= 16 else "broken header"
     head = bytes(buf[: pp.V1_MAX_HEADER]).decode("latin-1")
     return f'broken header: "{head}"'
+
+
+def _peer_text(host: str, port: int | None) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
@@ -192,9 +196,13 @@ class ClientSide(asyncio.Protocol):
             )
         else:
             self.server_addr, self.server_port = listen.addr.host, listen.addr.port
+        log = self.server.error_log
+        if log.max_level >= INFO:
+            peer = self.remote_addr if self.remote_port is None else self.peer_text()
+            log.log(INFO, f"client {peer} connected to {listen.addr.text}", self.conn_id)
         if w.over_connection_limit():
             w.cycle.error_log.log(
-                1, f"{w.worker_connections} worker_connections are not enough", self.conn_id
+                ALERT, f"{w.worker_connections} worker_connections are not enough"
             )
             self.finalize(STATUS_INTERNAL)
             return
@@ -318,6 +326,13 @@ class ClientSide(asyncio.Protocol):
         transport = up.transport
         assert transport is not None
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        log = self.server.error_log
+        if log.max_level >= INFO:
+            local = transport.get_extra_info("sockname")
+            local_text = (
+                f"unix:{local}" if isinstance(local, str) else _peer_text(local[0], local[1])
+            )
+            log.log(INFO, f"proxy {local_text} connected to {self.tried[-1]}", self.conn_id)
         try:
             header = self._proxy_header_out(transport)
         except ValueError as exc:
@@ -547,7 +562,14 @@ class ClientSide(asyncio.Protocol):
             log.write(self)
 
     def abort(self) -> None:
-        """Fast shutdown: drop both connections now."""
+        """Fast shutdown: drop both connections now (nginx logs nothing for them)."""
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.abort()
         self.transport.abort()
@@ -568,6 +590,9 @@ class ClientSide(asyncio.Protocol):
                 f"{self.up_received}/{self.up_sent}"
             )
         return text
+
+    def peer_text(self) -> str:
+        return _peer_text(self.remote_addr, self.remote_port)
 
     def server_text(self) -> str:
         if self.family == socket.AF_UNIX:

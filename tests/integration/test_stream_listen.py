@@ -42,7 +42,11 @@ def test_reuseport_gives_each_worker_a_socket(
 
 def test_ipv6only_off_accepts_ipv4_clients(pyngx: ServerFactory, backend: BackendFactory) -> None:
     b = backend(mode="record")
-    port = free_port("::1")
+    probe = socket.socket(socket.AF_INET6)
+    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    probe.bind(("::", 0))  # a port free for IPv4 and IPv6 alike
+    port = probe.getsockname()[1]
+    probe.close()
     pyngx(
         f"stream {{ server {{ listen [::]:{port} ipv6only=off; proxy_pass {b.address}; "
         "proxy_protocol on; } }\n"
