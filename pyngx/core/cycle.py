@@ -18,6 +18,7 @@ from pyngx.core.log import ErrorLog, LogTarget, OpenFiles
 from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
 from pyngx.stream import module as stream_module
+from pyngx.stream import upstream as stream_upstream
 from pyngx.stream.module import StreamServer
 
 
@@ -25,6 +26,7 @@ def build_registry() -> Registry:
     reg = Registry()
     main_module.register(reg)
     stream_module.register(reg)
+    stream_upstream.register(reg)
     return reg
 
 

@@ -108,7 +108,6 @@ class Worker:
         self.under_master = channel
         self.draining = False
         self.exit_code = 0
-        self._rr: dict[int, int] = {}
         self._stopped: asyncio.Future[None] | None = None
 
     # -- used by sessions --------------------------------------------------------------
@@ -119,13 +118,6 @@ class Worker:
     def over_connection_limit(self) -> bool:
         # nginx counts the client and the upstream connection of each session.
         return len(self.sessions) * 2 + self.reserved_connections > self.worker_connections
-
-    def rr_next(self, key: int, n: int) -> int:
-        if n == 1:
-            return 0
-        i = self._rr.get(key, 0)
-        self._rr[key] = (i + 1) % n
-        return i
 
     def session_closed(self, session: ClientSide) -> None:
         self.sessions.discard(session)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pyngx.conf.errors import ConfigError, DirectiveValueError
@@ -24,6 +24,7 @@ from pyngx.conf.registry import (
     Registry,
     flag_slot,
     ignore,
+    number_slot,
     size_slot,
     time_slot,
 )
@@ -40,6 +41,7 @@ from pyngx.conf.values import (
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
 from pyngx.core.log import ErrorLog
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
+from pyngx.stream.upstream import UpstreamConf, UpstreamGroup, build_group, implicit_group
 from pyngx.stream.variables import STREAM_VARIABLES
 
 STREAM, SERVER = "stream", "stream_server"
@@ -65,23 +67,13 @@ class ListenOpts:
 
 
 @dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where `proxy_pass` goes: the text as written and its resolved addresses."""
-
-    name: str
-    addrs: tuple[SockAddr, ...]
-    # $upstream_addr and log lines name each address as nginx prints it; computed once.
-    texts: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "texts", tuple(a.text for a in self.addrs))
-
-
-@dataclass(frozen=True, slots=True)
 class StreamServer:
     index: int
     listens: tuple[ListenOpts, ...]
-    upstream: Upstream
+    upstream: UpstreamGroup
+    next_upstream: bool
+    next_upstream_tries: int
+    next_upstream_timeout: float
     proxy_protocol: int  # 0 off, 1 on (v1), 2 v2
     connect_timeout: float
     timeout: float
@@ -340,6 +332,9 @@ def register(reg: Registry) -> None:
     reg.add("preread_timeout", BOTH, time_slot("preread_timeout"))
     reg.add("proxy_protocol_timeout", BOTH, time_slot("proxy_protocol_timeout"))
     reg.add("set_real_ip_from", BOTH, _set_real_ip_from)
+    reg.add("proxy_next_upstream", BOTH, flag_slot("proxy_next_upstream"))
+    reg.add("proxy_next_upstream_tries", BOTH, number_slot("proxy_next_upstream_tries"))
+    reg.add("proxy_next_upstream_timeout", BOTH, time_slot("proxy_next_upstream_timeout"))
     reg.add("log_format", [STREAM], _log_format, TWOMORE)
     reg.add("access_log", BOTH, _access_log, ONEMORE)
     for name in (
@@ -354,15 +349,27 @@ def register(reg: Registry) -> None:
 # -- build ------------------------------------------------------------------------------
 
 
-def _resolve_upstream(url: Url, node: Node) -> Upstream:
+def _resolve_upstream(
+    url: Url, node: Node, blocks: dict[str, UpstreamConf], built: dict[str, UpstreamGroup]
+) -> UpstreamGroup:
+    """nginx's ngx_stream_upstream_add: a name without a port is an `upstream` block."""
+    block = blocks.get(url.host) if not url.text.startswith("unix:") else None
+    if block is not None:
+        if url.port is not None:
+            raise node.error(f'upstream "{url.host}" may not have port {url.port}')
+        group = built.get(block.name)
+        if group is None:
+            group = built[block.name] = build_group(block)
+        return group
     if url.addrs:
-        return Upstream(url.text, url.addrs)
+        return implicit_group(url)
     if url.port is None:
         raise node.error(f'no port in upstream "{url.text}"')
     try:
-        return Upstream(url.text, resolve_host(url.host, url.port))
+        resolved = Url(url.text, url.host, url.port, resolve_host(url.host, url.port))
     except UrlError:
         raise node.error(f'host not found in upstream "{url.host}"') from None
+    return implicit_group(resolved)
 
 
 def build(
@@ -371,6 +378,8 @@ def build(
     """Merge every server of the `stream` block into a StreamServer."""
     servers: list[StreamServer] = []
     seen: dict[tuple[Any, ...], str] = {}
+    blocks: dict[str, UpstreamConf] = stream.local("upstreams", {})
+    built: dict[str, UpstreamGroup] = {}
     for index, srv in enumerate(c for c in stream.children if c.kind == SERVER):
         assert srv.node is not None
         where = f"{srv.node.file}:{srv.node.line}"
@@ -385,7 +394,7 @@ def build(
         url = srv.local("proxy_pass")
         if url is None:
             raise ConfigError(f"no handler for server in {where}")
-        upstream = _resolve_upstream(url, srv.locations["proxy_pass"])
+        upstream = _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built)
         logs = []
         for path, fmt, params in srv.get("access_log", []):
             try:
@@ -400,6 +409,9 @@ def build(
                 index=index,
                 listens=listens,
                 upstream=upstream,
+                next_upstream=srv.get("proxy_next_upstream", True),
+                next_upstream_tries=srv.get("proxy_next_upstream_tries", 0),
+                next_upstream_timeout=srv.get("proxy_next_upstream_timeout", 0.0),
                 proxy_protocol=srv.get("proxy_protocol", 0),
                 connect_timeout=srv.get("proxy_connect_timeout", 60.0),
                 timeout=srv.get("proxy_timeout", 600.0),
@@ -419,7 +431,10 @@ def build(
                 where=where,
             )
         )
+    for name, block in blocks.items():
+        if name not in built:
+            build_group(block)  # an unused group is still checked, as nginx checks it
     return servers
 
 
-__all__ = ["StreamServer", "ListenOpts", "Upstream", "register", "build", "VariableTable"]
+__all__ = ["StreamServer", "ListenOpts", "register", "build", "VariableTable"]

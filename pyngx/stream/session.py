@@ -25,8 +25,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from pyngx.core.log import ALERT, ERROR, INFO
+from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
+from pyngx.upstream import Peer, PickContext
 
 if TYPE_CHECKING:
     from pyngx.core.worker import Worker
@@ -136,7 +137,9 @@ class ClientSide(asyncio.Protocol):
         "timer",
         "last_activity",
         "tried",
-        "addr_index",
+        "pick",
+        "peer",
+        "next_started",
         "connect_task",
         "connect_started",
         "connected_at",
@@ -164,7 +167,9 @@ class ClientSide(asyncio.Protocol):
         self.pending: list[bytes] | bytearray | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.tried: list[str] = []
-        self.addr_index = 0
+        self.pick: PickContext | None = None
+        self.peer: Peer | None = None
+        self.next_started = 0.0
         self.connect_task: asyncio.Task[Any] | None = None
         self.connect_started = 0.0
         self.connected_at: float | None = None
@@ -262,14 +267,32 @@ class ClientSide(asyncio.Protocol):
     # -- upstream connect --------------------------------------------------------------
 
     def connect_upstream(self) -> None:
+        """Pick a peer (nginx's balancer) and start connecting to it."""
         self.state = CONNECTING
-        addrs = self.server.upstream.addrs
-        index = (self.worker.rr_next(self.server.index, len(addrs)) + self.addr_index) % len(addrs)
-        addr = addrs[index]
-        self.addr_index += 1
-        self.tried.append(self.server.upstream.texts[index])
-        self.connect_started = self.loop.time()
-        self.connect_task = self.loop.create_task(self._connect(addr))
+        group = self.server.upstream
+        now = self.loop.time()
+        pick = self.pick
+        if pick is None:
+            key = None
+            if group.key is not None:
+                key = group.key(self).encode("utf-8", "surrogateescape")
+            pick = self.pick = group.balancer.start(now, key)
+            cap = self.server.next_upstream_tries
+            if cap and pick.tries > cap:
+                pick.tries = cap
+            self.next_started = now
+        else:
+            pick.now = now
+        peer = group.balancer.get(pick)
+        if peer is None:
+            self.tried.append(group.name)
+            self.log(ERROR, "no live upstreams while connecting to upstream")
+            self.finalize(STATUS_BAD_GATEWAY)
+            return
+        self.peer = peer
+        self.tried.append(peer.conf.name)
+        self.connect_started = now
+        self.connect_task = self.loop.create_task(self._connect(peer.conf.addr))
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.loop.call_later(self.server.connect_timeout, self._on_timer)
@@ -301,16 +324,32 @@ class ClientSide(asyncio.Protocol):
             self.connect_task = None
 
     def _connect_failed(self, message: str) -> None:
+        """ngx_stream_proxy_next_upstream: count the failure, then retry or give up (502)."""
         if self.state != CONNECTING:
             return
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.log(ERROR, f"{message} while connecting to upstream")
-        if self.addr_index < len(self.server.upstream.addrs):
-            self.connect_upstream()
+        now = self.loop.time()
+        pick, peer = self.pick, self.peer
+        assert pick is not None
+        if peer is not None:
+            pick.now = now
+            self.server.upstream.balancer.free(peer, pick, failed=True)
+            self.peer = None
+            if peer.disabled_by_fails:
+                self.log(WARN, "upstream server temporarily disabled while connecting to upstream")
+        srv = self.server
+        timeout = srv.next_upstream_timeout
+        if (
+            pick.tries == 0
+            or not srv.next_upstream
+            or (timeout and now - self.next_started >= timeout)
+        ):
+            self.finalize(STATUS_BAD_GATEWAY)
             return
-        self.finalize(STATUS_BAD_GATEWAY)
+        self.connect_upstream()
 
     def upstream_connected(self, up: UpstreamSide) -> None:
         if self.state != CONNECTING:
@@ -553,6 +592,7 @@ class ClientSide(asyncio.Protocol):
         if connecting and self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        self._release_peer()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
             if self.up_closed_at is None:
@@ -560,6 +600,13 @@ class ClientSide(asyncio.Protocol):
         self.transport.close()
         for log in self.server.access_logs:
             log.write(self)
+
+    def _release_peer(self) -> None:
+        peer = self.peer
+        if peer is not None and self.pick is not None:
+            self.peer = None
+            self.pick.now = self.loop.time()
+            self.server.upstream.balancer.free(peer, self.pick, failed=False)
 
     def abort(self) -> None:
         """Fast shutdown: drop both connections now (nginx logs nothing for them)."""
@@ -570,6 +617,7 @@ class ClientSide(asyncio.Protocol):
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        self._release_peer()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.abort()
         self.transport.abort()
@@ -608,14 +656,24 @@ class ClientSide(asyncio.Protocol):
         return ", ".join(self.tried) if self.tried else None
 
     def upstream_stat(self, what: str) -> str | None:
-        if not self.tried:
+        """$upstream_* values, one per try as nginx lists them: "-" or 0 for failed tries."""
+        tried = self.tried
+        if not tried:
             return None
+        last = self._last_try_stat(what)
+        if len(tried) == 1:
+            return last
+        failed = "0" if what in ("sent", "received") else "-"
+        earlier = [failed] * (len(tried) - 1)
+        return ", ".join([*earlier, last if last is not None else failed])
+
+    def _last_try_stat(self, what: str) -> str | None:
         if what == "sent":
             return str(self.up_sent)
         if what == "received":
             return str(self.up_received)
         if self.connected_at is None:
-            return "-" if what != "connect" else None
+            return None
         if what == "connect":
             return f"{self.connected_at - self.connect_started:.3f}"
         if what == "first_byte":
