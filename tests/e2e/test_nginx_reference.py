@@ -133,7 +133,7 @@ BROKEN_HEADERS = [
         id="partial-segment",
         marks=pytest.mark.pyngx_differs(
             "pyngx waits (up to proxy_protocol_timeout) for a header split across segments; "
-            "see tests/integration/test_stream_proxy_protocol_in.py"
+            "see tests/integration/test_stream_proxy.py"
         ),
     ),
     pytest.param(
