@@ -17,7 +17,8 @@ from pyngx.conf.registry import NOARGS, ONEMORE, TAKE1, TAKE12, Context, Registr
 from pyngx.conf.values import Url, UrlError, parse_number, parse_time, parse_url, resolve_host
 from pyngx.conf.variables import compile_complex
 from pyngx.stream.variables import STREAM_VARIABLES
-from pyngx.upstream import Balancer, BalancerError, PeerConf, make_balancer
+from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, make_balancer
+from pyngx.upstream.zone import Zone, ZonedBalancer
 
 UPSTREAM = "stream_upstream"
 
@@ -166,10 +167,15 @@ def build_group(conf: UpstreamConf) -> UpstreamGroup:
             )
             (backup if line.backup else primary).append(peer)
     node = conf.method_node or conf.node
+    zone = Zone(conf.zone, len(primary) + len(backup)) if conf.zone else None
     try:
-        balancer = make_balancer(conf.method, primary, backup)
+        balancer: Balancer = make_balancer(
+            conf.method, primary, backup, new_peer=zone.new_peer if zone else Peer
+        )
     except BalancerError as exc:
         raise node.error(str(exc)) from None
+    if zone is not None:
+        balancer = ZonedBalancer(balancer, zone)
     key = compile_complex(conf.hash_key, STREAM_VARIABLES) if conf.hash_key else None
     return UpstreamGroup(conf.name, balancer, key, False, False)
 

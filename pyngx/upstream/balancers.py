@@ -33,7 +33,7 @@ import bisect
 import random
 import socket
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +51,9 @@ IP_HASH_MODULUS = 6271
 # What ip_hash hashes for clients that are neither IPv4 nor IPv6 (unix sockets): nginx's
 # ngx_http_upstream_ip_hash_pseudo_addr, three zero bytes.
 IP_HASH_PSEUDO_ADDR = b"\0\0\0"
+
+
+PeerFactory = Callable[[PeerConf, int], Peer]
 
 
 class BalancerError(ValueError):
@@ -179,7 +182,13 @@ class RoundRobin:
     # Whether the method accepts `backup` servers (NGX_*_UPSTREAM_BACKUP in its flags).
     supports_backup = True
 
-    def __init__(self, primary: Sequence[PeerConf], backup: Sequence[PeerConf] = ()) -> None:
+    def __init__(
+        self,
+        primary: Sequence[PeerConf],
+        backup: Sequence[PeerConf] = (),
+        *,
+        new_peer: PeerFactory = Peer,
+    ) -> None:
         if not primary:
             raise BalancerError("no servers in upstream")
         if backup and not self.supports_backup:
@@ -192,7 +201,8 @@ class RoundRobin:
             if not conf.backup:
                 raise BalancerError(f'"{conf.name}" in the backup list is not marked backup')
         confs = [*primary, *backup]
-        self._peers = tuple(Peer(conf, i) for i, conf in enumerate(confs))
+        # `new_peer` lets a `zone` keep the peers' state in memory shared by the workers.
+        self._peers = tuple(new_peer(conf, i) for i, conf in enumerate(confs))
         self.primary: tuple[Peer, ...] = self._peers[: len(primary)]
         self.backup: tuple[Peer, ...] = self._peers[len(primary) :]
         # nginx's peers->single: one primary and no backups. Such a peer is never marked
@@ -398,8 +408,14 @@ class ConsistentHash(RoundRobin):
     method = "hash consistent"
     supports_backup = False
 
-    def __init__(self, primary: Sequence[PeerConf], backup: Sequence[PeerConf] = ()) -> None:
-        super().__init__(primary, backup)
+    def __init__(
+        self,
+        primary: Sequence[PeerConf],
+        backup: Sequence[PeerConf] = (),
+        *,
+        new_peer: PeerFactory = Peer,
+    ) -> None:
+        super().__init__(primary, backup, new_peer=new_peer)
         self._point_hashes, self._point_servers = chash_points(primary)
         # nginx scans all peers for those whose server text matches the point's; grouping them
         # once gives the same candidates in the same order.
@@ -481,8 +497,9 @@ class Random(RoundRobin):
         backup: Sequence[PeerConf] = (),
         *,
         rng: random.Random | None = None,
+        new_peer: PeerFactory = Peer,
     ) -> None:
-        super().__init__(primary, backup)
+        super().__init__(primary, backup, new_peer=new_peer)
         self._rng = rng if rng is not None else random.Random()
 
     def _peek(self) -> Peer:
@@ -549,6 +566,7 @@ def make_balancer(
     rng: random.Random | None = None,
     consistent: bool = False,
     two: bool = False,
+    new_peer: PeerFactory = Peer,
 ) -> Balancer:
     """Build the balancer for an upstream group.
 
@@ -561,6 +579,7 @@ def make_balancer(
         rng: Randomness for `random`; tests inject a seeded random.Random.
         consistent: Same as the `consistent` argument of `hash`.
         two: Same as the `two` argument of `random`.
+        new_peer: Builds each Peer; a `zone` passes one that keeps state in shared memory.
 
     Raises:
         BalancerError: unknown method or argument, no primary peers, or backups where the
@@ -573,17 +592,17 @@ def make_balancer(
         if i >= len(allowed) or arg != allowed[i]:
             raise BalancerError(f'invalid parameter "{arg}"')
     if name == "round_robin":
-        return RoundRobin(primary, backup)
+        return RoundRobin(primary, backup, new_peer=new_peer)
     if name == "least_conn":
-        return LeastConn(primary, backup)
+        return LeastConn(primary, backup, new_peer=new_peer)
     if name == "ip_hash":
-        return IpHash(primary, backup)
+        return IpHash(primary, backup, new_peer=new_peer)
     if name == "hash":
         if consistent or args:
-            return ConsistentHash(primary, backup)
-        return Hash(primary, backup)
+            return ConsistentHash(primary, backup, new_peer=new_peer)
+        return Hash(primary, backup, new_peer=new_peer)
     if name == "random":
         if two or args:
-            return RandomTwo(primary, backup, rng=rng)
-        return Random(primary, backup, rng=rng)
+            return RandomTwo(primary, backup, rng=rng, new_peer=new_peer)
+        return Random(primary, backup, rng=rng, new_peer=new_peer)
     raise BalancerError(f'unknown load balancing method "{name}"')
