@@ -524,8 +524,9 @@ class HealthCheckers:
             st.passes += 1
             if st.bad and (st.checking or st.passes >= check.passes):
                 self._set_bad(st, False)
-                if not st.checking:  # "checking" -> healthy is the expected start, not news
-                    log.log(NOTICE, f"peer is healthy while {outcome.action}{self._context(st)}")
+                # "checking" -> healthy is the expected start of a `mandatory` check: [info].
+                level = INFO if st.checking else NOTICE
+                log.log(level, f"peer is healthy while {outcome.action}{self._context(st)}")
         else:
             st.passes = 0
             st.fails += 1
