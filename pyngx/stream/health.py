@@ -442,16 +442,14 @@ class HealthCheckers:
                 await asyncio.sleep(delay)
             started = loop.time()
             try:
-                outcome = await self.probe(check, st.peer)
+                self.record(st, await self.probe(check, st.peer))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bug here must not cost a peer or the worker
+            except Exception as exc:  # a bug here must not cost a peer, the loop or the worker
                 check.error_log.log(
                     ALERT,
                     f"health check failed: {type(exc).__name__}: {exc}{self._context(st)}",
                 )
-            else:
-                self.record(st, outcome)
             # Intervals run start to start; a probe that overran starts the next one at once.
             next_at = max(started + check.interval, loop.time()) + self._jitter(check)
 

@@ -197,3 +197,15 @@ def test_start_marks_mandatory_peers_and_cancel_stops_tasks(tmp_path: Path, jitt
             assert all(st.task is not None and st.task.done() for st in hc.states)
 
     asyncio.run(run())
+
+
+def test_probe_unix_socket_peer(tmp_path: Path) -> None:
+    path = tmp_path / "peer.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        srv.listen(1)
+        check = make_check(tmp_path, [1], match=None)
+        peer = PeerConf(f"unix:{path}", SockAddr(socket.AF_UNIX, str(path)))
+        group = UpstreamGroup("u", make_balancer("round_robin", [peer]), None, False, False)
+        out = probe(replace(check, group=group, port=25))  # port= does not apply to unix
+    assert out.ok and out.action == CONNECTING
