@@ -534,7 +534,9 @@ class Backend:
         "record"     keep what arrives; close when the client does.
         "echo"       send back everything received; close when the client does (after flushing).
         "sink-hash"  on client EOF, send the sha256 hex digest of all bytes received, then close.
-    banner: sent as soon as a connection is accepted (mail servers speak first).
+    banner: sent as soon as a connection is accepted (mail servers speak first). The attribute
+        may be reassigned while the backend runs: it is read at each accept, so connections
+        accepted afterwards get the new banner (a server that turns unhealthy, then recovers).
     keep_data=False keeps only counts and the running hash (for large transfers).
     """
 

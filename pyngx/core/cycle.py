@@ -17,8 +17,10 @@ from pyngx.core import main_module
 from pyngx.core.log import ErrorLog, LogTarget, OpenFiles
 from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
+from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
 from pyngx.stream import upstream as stream_upstream
+from pyngx.stream.health import HealthCheck
 from pyngx.stream.module import StreamServer
 
 
@@ -27,6 +29,7 @@ def build_registry() -> Registry:
     main_module.register(reg)
     stream_module.register(reg)
     stream_upstream.register(reg)
+    stream_health.register(reg)
     return reg
 
 
@@ -42,6 +45,8 @@ class Cycle:
     stream_servers: list[StreamServer]
     conf_files: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Active health checks (pyngx/stream/health.py); each worker runs its own.
+    health_checks: list[HealthCheck] = field(default_factory=list)
 
     @property
     def pid_path(self) -> str:
@@ -83,14 +88,16 @@ def load_cycle(
             return files.open(paths.full(path))
 
         servers: list[StreamServer] = []
+        checks: list[HealthCheck] = []
         stream = root.local("stream")
         if stream is not None:
             servers = stream_module.build(stream, open_file, make_error_log, error_log)
+            checks = stream_health.build(stream, servers)
     except BaseException:
         files.close()
         raise
     warnings = root.slots.get("__warnings__", [])
-    return Cycle(paths, main, error_log, files, servers, parsed.files, warnings)
+    return Cycle(paths, main, error_log, files, servers, parsed.files, warnings, checks)
 
 
 def _replace(main: MainConf, **changes: object) -> MainConf:

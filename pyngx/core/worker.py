@@ -19,6 +19,7 @@ from typing import Any
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
 from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
+from pyngx.stream.health import HealthCheckers, start_health_checks
 from pyngx.stream.session import STATUS_OK, ClientSide
 
 # Exit status of a worker that could not start (nginx's: the master does not respawn it).
@@ -109,6 +110,7 @@ class Worker:
         self.draining = False
         self.exit_code = 0
         self._stopped: asyncio.Future[None] | None = None
+        self.health: HealthCheckers | None = None
 
     # -- used by sessions --------------------------------------------------------------
 
@@ -149,12 +151,17 @@ class Worker:
             loop.add_signal_handler(sig, handler)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        # Before the listeners: `mandatory` checks must mark their peers before any client.
+        self.health = start_health_checks(loop, self.cycle.health_checks)
         for group, sock in self.groups:
             factory = self._factory(group)
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)
         self._start_flush_timers()
         await self._stopped
+        if self.health is not None:
+            self.health.cancel()
+            await self.health.wait_closed()
         if self.under_master:
             self.cycle.error_log.log(NOTICE, "exiting")
         self._flush_access_logs()
@@ -181,6 +188,7 @@ class Worker:
         self.draining = True
         self.cycle.error_log.log(NOTICE, "gracefully shutting down")
         self._close_listeners()
+        self._stop_health_checks()
         # A connection accepted just before the listeners closed may have its connection_made
         # still queued (uvloop calls it soon, not at accept), so it is not yet in `sessions`.
         # Every look at `sessions` from here on is a callback queued after this one, so after
@@ -204,10 +212,17 @@ class Worker:
 
     def fast(self) -> None:
         self._close_listeners()
+        self._stop_health_checks()
         for s in list(self.sessions):
             s.abort()
         self.sessions.clear()
         self._stop()
+
+    def _stop_health_checks(self) -> None:
+        # A leaving worker no longer picks peers for new sessions, and after a reload the new
+        # workers probe the same peers: probing on would only double the load on them.
+        if self.health is not None:
+            self.health.cancel()
 
     def reopen(self) -> None:
         self.cycle.error_log.log(NOTICE, "reopening logs")
