@@ -41,7 +41,13 @@ from pyngx.conf.values import (
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
 from pyngx.core.log import ErrorLog
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
-from pyngx.stream.upstream import UpstreamConf, UpstreamGroup, build_group, implicit_group
+from pyngx.stream.upstream import (
+    UpstreamConf,
+    UpstreamGroup,
+    build_group,
+    check_zones,
+    implicit_group,
+)
 from pyngx.stream.variables import STREAM_VARIABLES
 
 STREAM, SERVER = "stream", "stream_server"
@@ -434,6 +440,10 @@ def build(
     for name, block in blocks.items():
         if name not in built:
             build_group(block)  # an unused group is still checked, as nginx checks it
+    root = stream
+    while root.parent is not None:
+        root = root.parent
+    check_zones(root)
     return servers
 
 

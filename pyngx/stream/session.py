@@ -142,6 +142,7 @@ class ClientSide(asyncio.Protocol):
         "next_started",
         "connect_task",
         "connect_started",
+        "try_times",
         "connected_at",
         "first_byte_at",
         "up_closed_at",
@@ -172,6 +173,7 @@ class ClientSide(asyncio.Protocol):
         self.next_started = 0.0
         self.connect_task: asyncio.Task[Any] | None = None
         self.connect_started = 0.0
+        self.try_times: list[float] | None = None
         self.connected_at: float | None = None
         self.first_byte_at: float | None = None
         self.up_closed_at: float | None = None
@@ -283,6 +285,12 @@ class ClientSide(asyncio.Protocol):
             self.next_started = now
         else:
             pick.now = now
+        if self.tried:
+            # The previous try failed: its $upstream_session_time lasted until now.
+            if self.try_times is None:
+                self.try_times = []
+            self.try_times.append(now - self.connect_started)
+        self.connect_started = now
         peer = group.balancer.get(pick)
         if peer is None:
             self.tried.append(group.name)
@@ -291,7 +299,6 @@ class ClientSide(asyncio.Protocol):
             return
         self.peer = peer
         self.tried.append(peer.conf.name)
-        self.connect_started = now
         self.connect_task = self.loop.create_task(self._connect(peer.conf.addr))
         if self.timer is not None:
             self.timer.cancel()
@@ -656,7 +663,12 @@ class ClientSide(asyncio.Protocol):
         return ", ".join(self.tried) if self.tried else None
 
     def upstream_stat(self, what: str) -> str | None:
-        """$upstream_* values, one per try as nginx lists them: "-" or 0 for failed tries."""
+        """$upstream_* values, one per try as nginx lists them.
+
+        A failed try has sent and received 0 bytes, and has no connect or first byte time
+        ("-"); its session time is how long it lasted, as nginx times every try (and even the
+        "no live upstreams" one) from its start to the next try or the end.
+        """
         tried = self.tried
         if not tried:
             return None
@@ -664,7 +676,10 @@ class ClientSide(asyncio.Protocol):
         if len(tried) == 1:
             return last
         failed = "0" if what in ("sent", "received") else "-"
-        earlier = [failed] * (len(tried) - 1)
+        if what == "session":
+            earlier = [f"{t:.3f}" for t in self.try_times or ()]
+        else:
+            earlier = [failed] * (len(tried) - 1)
         return ", ".join([*earlier, last if last is not None else failed])
 
     def _last_try_stat(self, what: str) -> str | None:
@@ -673,6 +688,8 @@ class ClientSide(asyncio.Protocol):
         if what == "received":
             return str(self.up_received)
         if self.connected_at is None:
+            if what == "session":
+                return f"{self.loop.time() - self.connect_started:.3f}"
             return None
         if what == "connect":
             return f"{self.connected_at - self.connect_started:.3f}"

@@ -7,6 +7,9 @@ from pyngx.upstream. Balancer state is per worker, as in nginx without a `zone`.
 
 from __future__ import annotations
 
+import functools
+import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,12 @@ from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, make_balance
 from pyngx.upstream.zone import Zone, ZonedBalancer
 
 UPSTREAM = "stream_upstream"
+# Where `zone` records the shared memory zones (root context), name -> size (0: not yet given).
+SHM_ZONES = "shm_zones"
+_ZONE_SIZE = re.compile(r"(\d+)([kKmM]?)")
+_ZONE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+# Methods whose nginx module leaves NGX_STREAM_UPSTREAM_BACKUP out of the upstream's flags.
+_NO_BACKUP = ("hash", "hash consistent", "random", "random two", "random two least_conn")
 
 
 @dataclass(slots=True)
@@ -102,6 +111,10 @@ def _server(ctx: Context, node: Node) -> None:
                 raise ValueError
         except (ValueError, Exception):
             raise node.error(f'invalid parameter "{param}"') from None
+        if param == "backup" and conf.method in _NO_BACKUP:
+            # nginx checks this here, against the method set so far: a `backup` line before
+            # `hash` or `random` is accepted (see _make_balancer).
+            raise node.error(f'balancing method does not support parameter "{param}"')
     if not url.addrs:
         try:
             url = Url(url.text, url.host, url.port, resolve_host(url.host, url.port or 0))
@@ -134,8 +147,40 @@ def _method(name: str) -> Callable[[Context, Node], None]:
 
 
 def _zone(ctx: Context, node: Node) -> None:
+    """`zone NAME [SIZE]`: checked as nginx checks it; the state stays per worker (see top)."""
     conf: UpstreamConf = ctx.slots["conf"]
-    conf.zone = node.args[0]
+    name = node.args[0]
+    if not name:
+        raise node.error(f'invalid zone name "{name}"')
+    size = 0
+    if len(node.args) > 1:
+        m = _ZONE_SIZE.fullmatch(node.args[1])  # ngx_parse_size: k and m only
+        if m is None:
+            raise node.error(f'invalid zone size "{node.args[1]}"')
+        size = int(m.group(1)) * _ZONE_UNITS[m.group(2).lower()]
+        if size < 8 * resource.getpagesize():
+            raise node.error(f'zone "{name}" is too small')
+    # ngx_shared_memory_add: upstreams may share a zone; a size given twice must agree.
+    root = ctx
+    while root.parent is not None:
+        root = root.parent
+    zones: dict[str, int] = root.slots.setdefault(SHM_ZONES, {})
+    known = zones.setdefault(name, size)
+    if not known:
+        zones[name] = size
+    elif size and size != known:
+        raise node.error(
+            f'the size {size} of shared memory zone "{name}" conflicts with already declared'
+            f" size {known}"
+        )
+    conf.zone = name
+
+
+def check_zones(root: Context) -> None:
+    """ngx_init_cycle's check, after the whole configuration: every zone needs a size."""
+    for name, size in root.slots.get(SHM_ZONES, {}).items():
+        if not size:
+            raise ConfigError(f'zero size shared memory zone "{name}"')
 
 
 def register(reg: Registry) -> None:
@@ -166,11 +211,14 @@ def build_group(conf: UpstreamConf) -> UpstreamGroup:
                 server=line.text,
             )
             (backup if line.backup else primary).append(peer)
+    if not primary:
+        # ngx_stream_upstream_init_round_robin, at the `upstream` line for every method.
+        raise conf.node.error(f'no servers in upstream "{conf.name}"')
     node = conf.method_node or conf.node
     zone = Zone(conf.zone, len(primary) + len(backup)) if conf.zone else None
     try:
-        balancer: Balancer = make_balancer(
-            conf.method, primary, backup, new_peer=zone.new_peer if zone else Peer
+        balancer = _make_balancer(
+            conf.method, primary, backup, zone.new_peer if zone is not None else Peer
         )
     except BalancerError as exc:
         raise node.error(str(exc)) from None
@@ -178,6 +226,34 @@ def build_group(conf: UpstreamConf) -> UpstreamGroup:
         balancer = ZonedBalancer(balancer, zone)
     key = compile_complex(conf.hash_key, STREAM_VARIABLES) if conf.hash_key else None
     return UpstreamGroup(conf.name, balancer, key, False, False)
+
+
+_BalancerClass = Callable[..., Balancer]
+
+
+@functools.cache
+def _with_backups(cls: type[Any]) -> _BalancerClass:
+    sub: _BalancerClass = type(cls.__name__, (cls,), {"supports_backup": True})
+    return sub
+
+
+def _make_balancer(
+    method: str,
+    primary: list[PeerConf],
+    backup: list[PeerConf],
+    new_peer: Callable[[PeerConf, int], Peer] = Peer,
+) -> Balancer:
+    """make_balancer, keeping `backup` servers declared before `hash` or `random`.
+
+    nginx accepts those (the check is in `server`) and builds the backup list anyway: its
+    round robin fallback (after 20 rejected hash or random picks) moves on to them, and they
+    count in the tries. The same balancer class, allowed backups, does just that.
+    """
+    if backup:
+        cls = type(make_balancer(method, primary))
+        if not getattr(cls, "supports_backup", True):
+            return _with_backups(cls)(primary, backup, new_peer=new_peer)
+    return make_balancer(method, primary, backup, new_peer=new_peer)
 
 
 def implicit_group(url: Url) -> UpstreamGroup:
