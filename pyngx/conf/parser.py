@@ -27,6 +27,8 @@ class Node:
     file: str
     line: int
     block: list[Node] | None = None
+    # The line of a block's closing brace: nginx locates some end-of-block checks there.
+    end_line: int = 0
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(message, self.file, self.line)
@@ -93,7 +95,8 @@ class _Reader:
                 words = []
                 if node.name == "include":
                     raise node.error('directive "include" is not terminated by ";"')
-                node.block, _ = self._block(it, filename, depth, top=False)
+                node.block, closing = self._block(it, filename, depth, top=False)
+                node.end_line = closing.line if closing is not None else node.line
                 nodes.append(node)
                 continue
             if tok.kind == RBRACE:

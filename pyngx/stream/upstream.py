@@ -194,7 +194,9 @@ def register(reg: Registry) -> None:
 
 def build_group(conf: UpstreamConf) -> UpstreamGroup:
     if not conf.servers:
-        raise ConfigError(f"no servers are inside upstream in {conf.node.file}:{conf.node.line}")
+        raise ConfigError(
+            f"no servers are inside upstream in {conf.node.file}:{conf.node.end_line}"
+        )
     primary: list[PeerConf] = []
     backup: list[PeerConf] = []
     for line in conf.servers:

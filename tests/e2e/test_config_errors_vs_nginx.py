@@ -96,7 +96,7 @@ CASES.update(
         "upstream: duplicate": EVENTS
         + "stream {\n upstream b { server 127.0.0.1:2; }\n upstream b {\n"
         " server 127.0.0.1:3; }\n" + _PASS_B + "}\n",
-        # One line: nginx locates this at the block's closing brace (see the xfail below).
+        # nginx locates this at the block's closing brace (also tested on several lines below).
         "upstream: no servers inside": EVENTS + "stream {\n upstream b { }\n" + _PASS_B + "}\n",
         "upstream: weight=0": EVENTS
         + "stream {\n upstream b {\n server 127.0.0.1:2 weight=0; }\n"
@@ -207,11 +207,6 @@ def test_command_line_directive_errors_match(tmp_path: Path) -> None:
         assert (pyn.returncode, _emerg(pyn.stderr)) == (ngx.returncode, _emerg(ngx.stderr)), g
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nginx locates 'no servers are inside upstream' at the block's closing brace, which "
-    "the parser's Node does not record; pyngx gives the `upstream` line",
-)
 def test_no_servers_inside_upstream_at_closing_brace(tmp_path: Path) -> None:
     conf = tmp_path / "test.conf"
     conf.write_text(HEAD + EVENTS + "stream {\n upstream b {\n }\n" + _PASS_B + "}\n")
