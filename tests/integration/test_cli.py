@@ -235,3 +235,35 @@ def test_no_output_on_stdout_when_started_and_stopped(tmp_path: Path) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "stalwart-behind-nginx.txt"
+
+
+@pytest.mark.parametrize(
+    "name", ["stalwart-behind-nginx.conf", "stalwart-high-ports.conf", "health-checks.conf"]
+)
+def test_examples_pass_the_test_flag(name: str, tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(EXAMPLES / name))
+    assert r.returncode == 0, r.stderr
+
+
+def test_bundled_default_config_passes_the_test_flag(tmp_path: Path) -> None:
+    import pyngx as package
+
+    (tmp_path / "logs").mkdir()
+    conf = Path(package.__file__).parent / "data" / "pyngx.conf"
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(conf))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed text is not beside this checkout")
+def test_seed_example_is_verbatim() -> None:
+    seed = SEED.read_text().splitlines()
+    start = seed.index("# /etc/nginx/nginx.conf")
+    end = max(i for i, line in enumerate(seed) if line == "}")
+    assert (EXAMPLES / "stalwart-behind-nginx.conf").read_text().splitlines() == seed[
+        start : end + 1
+    ]
