@@ -222,16 +222,12 @@ def addresses(resp: Response, name: str, qtype: int) -> tuple[list[str], int | N
     want = name.rstrip(".").lower()
     ttl: int | None = None
     for _ in range(MAX_CNAME_CHAIN):
-        found = [
-            r for r in resp.answers if r.name == want and r.rtype == qtype and r.address
-        ]
+        found = [r for r in resp.answers if r.name == want and r.rtype == qtype and r.address]
         if found:
             low = min(r.ttl for r in found)
             ttl = low if ttl is None else min(ttl, low)
             return [r.address for r in found if r.address], ttl
-        alias = next(
-            (r for r in resp.answers if r.name == want and r.rtype == TYPE_CNAME), None
-        )
+        alias = next((r for r in resp.answers if r.name == want and r.rtype == TYPE_CNAME), None)
         if alias is None or alias.target is None:
             return [], None
         ttl = alias.ttl if ttl is None else min(ttl, alias.ttl)

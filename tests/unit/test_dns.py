@@ -18,9 +18,7 @@ def _header(qid: int, flags: int, qd: int, an: int, ns: int = 0) -> bytes:
 def test_query_layout() -> None:
     qid, pkt = dns.build_query("mail.test.", dns.TYPE_A, qid=0x1234)
     assert qid == 0x1234
-    assert pkt == (
-        _header(0x1234, 0x0100, 1, 0) + b"\x04mail\x04test\x00" + b"\x00\x01\x00\x01"
-    )
+    assert pkt == (_header(0x1234, 0x0100, 1, 0) + b"\x04mail\x04test\x00" + b"\x00\x01\x00\x01")
     ids = {dns.build_query("a.b", dns.TYPE_AAAA)[0] for _ in range(20)}
     assert len(ids) > 1  # random ids
 
