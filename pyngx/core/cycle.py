@@ -19,6 +19,7 @@ from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
 from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
+from pyngx.stream import resolver as stream_resolver
 from pyngx.stream import upstream as stream_upstream
 from pyngx.stream.health import HealthCheck
 from pyngx.stream.module import StreamServer
@@ -29,6 +30,7 @@ def build_registry() -> Registry:
     main_module.register(reg)
     stream_module.register(reg)
     stream_upstream.register(reg)
+    stream_resolver.register(reg)
     stream_health.register(reg)
     return reg
 

@@ -20,6 +20,7 @@ from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
 from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
 from pyngx.stream.health import HealthCheckers, start_health_checks
+from pyngx.stream.resolver import UpstreamResolvers, start_resolvers
 from pyngx.stream.session import STATUS_OK, ClientSide
 
 # Exit status of a worker that could not start (nginx's: the master does not respawn it).
@@ -111,6 +112,7 @@ class Worker:
         self.exit_code = 0
         self._stopped: asyncio.Future[None] | None = None
         self.health: HealthCheckers | None = None
+        self.resolvers: UpstreamResolvers | None = None
 
     # -- used by sessions --------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         # Before the listeners: `mandatory` checks must mark their peers before any client.
         self.health = start_health_checks(loop, self.cycle.health_checks)
+        # `server ... resolve` names: their groups have no peers until the first answer.
+        self.resolvers = start_resolvers(loop, self.cycle.stream_servers, self.cycle.error_log)
         for group, sock in self.groups:
             factory = self._factory(group)
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
@@ -162,6 +166,9 @@ class Worker:
         if self.health is not None:
             self.health.cancel()
             await self.health.wait_closed()
+        if self.resolvers is not None:
+            self.resolvers.cancel()
+            await self.resolvers.wait_closed()
         if self.under_master:
             self.cycle.error_log.log(NOTICE, "exiting")
         self._flush_access_logs()
@@ -223,6 +230,9 @@ class Worker:
         # workers probe the same peers: probing on would only double the load on them.
         if self.health is not None:
             self.health.cancel()
+        # Likewise the resolver tasks: a draining worker's sessions already hold their peers.
+        if self.resolvers is not None:
+            self.resolvers.cancel()
 
     def reopen(self) -> None:
         self.cycle.error_log.log(NOTICE, "reopening logs")

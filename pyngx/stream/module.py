@@ -41,6 +41,7 @@ from pyngx.conf.values import (
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
 from pyngx.core.log import ErrorLog
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
+from pyngx.stream.resolver import ResolverConf, stream_resolver
 from pyngx.stream.upstream import (
     UpstreamConf,
     UpstreamGroup,
@@ -356,7 +357,11 @@ def register(reg: Registry) -> None:
 
 
 def _resolve_upstream(
-    url: Url, node: Node, blocks: dict[str, UpstreamConf], built: dict[str, UpstreamGroup]
+    url: Url,
+    node: Node,
+    blocks: dict[str, UpstreamConf],
+    built: dict[str, UpstreamGroup],
+    resolver: ResolverConf | None = None,
 ) -> UpstreamGroup:
     """nginx's ngx_stream_upstream_add: a name without a port is an `upstream` block."""
     block = blocks.get(url.host) if not url.text.startswith("unix:") else None
@@ -365,7 +370,7 @@ def _resolve_upstream(
             raise node.error(f'upstream "{url.host}" may not have port {url.port}')
         group = built.get(block.name)
         if group is None:
-            group = built[block.name] = build_group(block)
+            group = built[block.name] = build_group(block, resolver)
         return group
     if url.addrs:
         return implicit_group(url)
@@ -386,6 +391,7 @@ def build(
     seen: dict[tuple[Any, ...], str] = {}
     blocks: dict[str, UpstreamConf] = stream.local("upstreams", {})
     built: dict[str, UpstreamGroup] = {}
+    resolver = stream_resolver(stream)
     for index, srv in enumerate(c for c in stream.children if c.kind == SERVER):
         assert srv.node is not None
         where = f"{srv.node.file}:{srv.node.line}"
@@ -400,7 +406,7 @@ def build(
         url = srv.local("proxy_pass")
         if url is None:
             raise ConfigError(f"no handler for server in {where}")
-        upstream = _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built)
+        upstream = _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
         logs = []
         for path, fmt, params in srv.get("access_log", []):
             try:
@@ -439,7 +445,7 @@ def build(
         )
     for name, block in blocks.items():
         if name not in built:
-            build_group(block)  # an unused group is still checked, as nginx checks it
+            build_group(block, resolver)  # an unused group is still checked, as nginx checks it
     root = stream
     while root.parent is not None:
         root = root.parent

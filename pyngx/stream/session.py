@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
-from pyngx.upstream import Peer, PickContext
+from pyngx.upstream import Balancer, Peer, PickContext
 
 if TYPE_CHECKING:
     from pyngx.core.worker import Worker
@@ -119,6 +119,7 @@ class ClientSide(asyncio.Protocol):
         "loop",
         "transport",
         "upstream",
+        "balancer",
         "state",
         "conn_id",
         "start",
@@ -170,6 +171,9 @@ class ClientSide(asyncio.Protocol):
         self.tried: list[str] = []
         self.pick: PickContext | None = None
         self.peer: Peer | None = None
+        # The balancer `pick` came from: a group with `resolve` servers may swap its balancer
+        # while the session runs, and retries and free() must go to the one that gave the peer.
+        self.balancer: Balancer | None = None
         self.next_started = 0.0
         self.connect_task: asyncio.Task[Any] | None = None
         self.connect_started = 0.0
@@ -278,12 +282,14 @@ class ClientSide(asyncio.Protocol):
             key = None
             if group.key is not None:
                 key = group.key(self).encode("utf-8", "surrogateescape")
-            pick = self.pick = group.balancer.start(now, key)
+            balancer = self.balancer = group.balancer
+            pick = self.pick = balancer.start(now, key)
             cap = self.server.next_upstream_tries
             if cap and pick.tries > cap:
                 pick.tries = cap
             self.next_started = now
         else:
+            balancer = self.balancer  # type: ignore[assignment]
             pick.now = now
         if self.tried:
             # The previous try failed: its $upstream_session_time lasted until now.
@@ -291,7 +297,7 @@ class ClientSide(asyncio.Protocol):
                 self.try_times = []
             self.try_times.append(now - self.connect_started)
         self.connect_started = now
-        peer = group.balancer.get(pick)
+        peer = balancer.get(pick)
         if peer is None:
             self.tried.append(group.name)
             self.log(ERROR, "no live upstreams while connecting to upstream")
@@ -343,7 +349,7 @@ class ClientSide(asyncio.Protocol):
         assert pick is not None
         if peer is not None:
             pick.now = now
-            self.server.upstream.balancer.free(peer, pick, failed=True)
+            self.balancer.free(peer, pick, failed=True)  # type: ignore[union-attr]
             self.peer = None
             if peer.disabled_by_fails:
                 self.log(WARN, "upstream server temporarily disabled while connecting to upstream")
@@ -613,7 +619,7 @@ class ClientSide(asyncio.Protocol):
         if peer is not None and self.pick is not None:
             self.peer = None
             self.pick.now = self.loop.time()
-            self.server.upstream.balancer.free(peer, self.pick, failed=False)
+            self.balancer.free(peer, self.pick, failed=False)  # type: ignore[union-attr]
 
     def abort(self) -> None:
         """Fast shutdown: drop both connections now (nginx logs nothing for them)."""

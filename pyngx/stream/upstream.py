@@ -3,11 +3,17 @@
 Directives store an `UpstreamConf` per block; `build_group` turns it (or the address of a
 `proxy_pass host:port`, nginx's implicit upstream) into an `UpstreamGroup` holding a balancer
 from pyngx.upstream. Balancer state is per worker, as in nginx without a `zone`.
+
+`server name:port resolve` (nginx 1.27.3) leaves the name unresolved at configuration time;
+the group then carries a `DynamicGroup` that each worker's resolver tasks (resolver.py) feed
+with addresses, and that replaces `UpstreamGroup.balancer` when they change. Sessions keep the
+balancer they picked from, so an in-flight session frees its peer where it got it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import resource
 from collections.abc import Callable
@@ -17,11 +23,19 @@ from typing import Any
 from pyngx.conf.errors import ConfigError
 from pyngx.conf.parser import Node
 from pyngx.conf.registry import NOARGS, ONEMORE, TAKE1, TAKE12, Context, Registry
-from pyngx.conf.values import Url, UrlError, parse_number, parse_time, parse_url, resolve_host
+from pyngx.conf.values import (
+    SockAddr,
+    Url,
+    UrlError,
+    parse_number,
+    parse_time,
+    parse_url,
+    resolve_host,
+)
 from pyngx.conf.variables import compile_complex
 from pyngx.stream.variables import STREAM_VARIABLES
-from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, make_balancer
-from pyngx.upstream.zone import Zone, ZonedBalancer
+from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, PickContext, make_balancer
+from pyngx.upstream.zone import SharedPeer, Zone, ZonedBalancer
 
 UPSTREAM = "stream_upstream"
 # Where `zone` records the shared memory zones (root context), name -> size (0: not yet given).
@@ -42,6 +56,8 @@ class ServerLine:
     fail_timeout: float = 10.0
     backup: bool = False
     down: bool = False
+    # `resolve` on a name: its addresses come from the resolver at run time (url.addrs empty).
+    resolve: bool = False
 
 
 @dataclass(slots=True)
@@ -57,15 +73,36 @@ class UpstreamConf:
     zone: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class UpstreamGroup:
-    """A compiled group: its name (for logs), balancer and, for `hash`, the key."""
+    """A compiled group: its name (for logs), balancer and, for `hash`, the key.
+
+    `balancer` is the holder sessions read (one attribute read per pick); only a group with
+    `resolve` servers (`dynamic`) ever replaces it, from its worker's resolver tasks.
+    """
 
     name: str
     balancer: Balancer
     key: Callable[[Any], str] | None
     ip_key: bool
     implicit: bool
+    dynamic: DynamicGroup | None = None
+
+
+class EmptyBalancer:
+    """The balancer of a group none of whose primary servers has an address yet (only
+    unresolved `resolve` names): every pick fails, as nginx's "no live upstreams"."""
+
+    peers: tuple[Peer, ...] = ()
+
+    def start(self, now: float, key: bytes | None = None) -> PickContext:
+        return PickContext(now, key)
+
+    def get(self, ctx: PickContext) -> Peer | None:
+        return None
+
+    def free(self, peer: Peer, ctx: PickContext, *, failed: bool) -> None:
+        return None
 
 
 def _upstream(ctx: Context, node: Node) -> None:
@@ -84,7 +121,8 @@ def _server(ctx: Context, node: Node) -> None:
     conf: UpstreamConf = ctx.slots["conf"]
     text = node.args[0]
     try:
-        url = parse_url(text)
+        # Names are looked up below, once the parameters say whether `resolve` defers that.
+        url = parse_url(text, resolve=False)
     except UrlError as exc:
         raise node.error(f'{exc.text} in upstream "{text}"') from None
     if url.port is None and not text.startswith("unix:"):
@@ -107,6 +145,8 @@ def _server(ctx: Context, node: Node) -> None:
                 line.backup = True
             elif param == "down":
                 line.down = True
+            elif param == "resolve":
+                line.resolve = True
             else:
                 raise ValueError
         except (ValueError, Exception):
@@ -115,7 +155,9 @@ def _server(ctx: Context, node: Node) -> None:
             # nginx checks this here, against the method set so far: a `backup` line before
             # `hash` or `random` is accepted (see _make_balancer).
             raise node.error(f'balancing method does not support parameter "{param}"')
-    if not url.addrs:
+    if url.addrs:
+        line.resolve = False  # an address needs no resolver: nginx keeps it static
+    elif not line.resolve:
         try:
             url = Url(url.text, url.host, url.port, resolve_host(url.host, url.port or 0))
         except UrlError:
@@ -192,32 +234,56 @@ def register(reg: Registry) -> None:
     reg.add("zone", [UPSTREAM], _zone, TAKE12)
 
 
-def build_group(conf: UpstreamConf) -> UpstreamGroup:
+def _peer_conf(line: ServerLine, addr: SockAddr) -> PeerConf:
+    return PeerConf(
+        addr.text,
+        addr,
+        weight=line.weight,
+        max_conns=line.max_conns,
+        max_fails=line.max_fails,
+        fail_timeout=line.fail_timeout,
+        backup=line.backup,
+        down=line.down,
+        server=line.text,
+    )
+
+
+def build_group(conf: UpstreamConf, resolver: Any = None) -> UpstreamGroup:
+    """Compile a block; `resolver` is the stream block's ResolverConf (or None), which
+    `server ... resolve` lines need."""
     if not conf.servers:
         raise ConfigError(
             f"no servers are inside upstream in {conf.node.file}:{conf.node.end_line}"
         )
+    where = f'upstream "{conf.name}" in {conf.node.file}:{conf.node.line}'
+    resolving = [line for line in conf.servers if line.resolve]
+    if resolving and conf.zone is None:
+        # ngx_stream_upstream_init_round_robin (1.27.3), in nginx's order and words.
+        raise ConfigError(f"resolving names at run time requires {where} to be in shared memory")
+    if resolving and resolver is None:
+        raise ConfigError(f"no resolver defined to resolve names at run time in {where}")
     primary: list[PeerConf] = []
     backup: list[PeerConf] = []
     for line in conf.servers:
         for addr in line.url.addrs:
-            peer = PeerConf(
-                addr.text,
-                addr,
-                weight=line.weight,
-                max_conns=line.max_conns,
-                max_fails=line.max_fails,
-                fail_timeout=line.fail_timeout,
-                backup=line.backup,
-                down=line.down,
-                server=line.text,
-            )
-            (backup if line.backup else primary).append(peer)
-    if not primary:
-        # ngx_stream_upstream_init_round_robin, at the `upstream` line for every method.
+            (backup if line.backup else primary).append(_peer_conf(line, addr))
+    if not primary and not any(not line.backup for line in resolving):
+        # ngx_stream_upstream_init_round_robin, at the `upstream` line for every method
+        # (a primary `resolve` server counts, addresses or not).
         raise conf.node.error(f'no servers in upstream "{conf.name}"')
     node = conf.method_node or conf.node
-    zone = Zone(conf.zone, len(primary) + len(backup)) if conf.zone else None
+    zone = Zone(conf.zone, len(primary) + len(backup), len(resolving)) if conf.zone else None
+    key = compile_complex(conf.hash_key, STREAM_VARIABLES) if conf.hash_key else None
+    if resolving:
+        assert zone is not None
+        dynamic = DynamicGroup(conf, zone, resolver, primary + backup)
+        try:
+            balancer = dynamic.make_balancer()
+        except BalancerError as exc:
+            raise node.error(str(exc)) from None
+        group = UpstreamGroup(conf.name, balancer, key, False, False, dynamic)
+        dynamic.group = group
+        return group
     try:
         balancer = _make_balancer(
             conf.method, primary, backup, zone.new_peer if zone is not None else Peer
@@ -226,8 +292,98 @@ def build_group(conf: UpstreamConf) -> UpstreamGroup:
         raise node.error(str(exc)) from None
     if zone is not None:
         balancer = ZonedBalancer(balancer, zone)
-    key = compile_complex(conf.hash_key, STREAM_VARIABLES) if conf.hash_key else None
     return UpstreamGroup(conf.name, balancer, key, False, False)
+
+
+def _address_key(addr: SockAddr) -> int:
+    # 52 bits of a hash: exact in a float64 zone cell, and never 0 (the free-slot mark).
+    digest = hashlib.blake2b(addr.text.encode(), digest_size=7).digest()
+    return (int.from_bytes(digest, "big") >> 4) | 1
+
+
+class DynamicGroup:
+    """The run-time side of a group with `resolve` servers (one per group per worker).
+
+    It rebuilds the group's balancer from the static addresses plus what each resolvable line
+    resolved to last. Peers live in the zone: static ones at fixed slots, resolved ones at
+    slots the zone hands out per address (zone.py), so an address that stays keeps its
+    counters (fails, checked, weights, conns), even across the balancer swap, and sessions
+    still holding a peer of the old balancer update the very same counters.
+    """
+
+    def __init__(
+        self, conf: UpstreamConf, zone: Zone, resolver: Any, static: list[PeerConf]
+    ) -> None:
+        self.conf = conf
+        self.zone = zone
+        self.resolver = resolver
+        self.group: UpstreamGroup | None = None
+        self.lines = [line for line in conf.servers if line.resolve]
+        # Static PeerConfs in configuration order, their slot being that position.
+        self._static_slots = {id(pc): i for i, pc in enumerate(static)}
+        self._static = static
+        # Per resolvable line: address -> (PeerConf, slot) currently listed by this worker.
+        self._resolved: list[dict[SockAddr, tuple[PeerConf, int]]] = [{} for _ in self.lines]
+        # Start the static peers' counters now (in the master, before the fork); every
+        # balancer built later runs over live counters (resolved slots start in acquire).
+        for i, pc in enumerate(static):
+            SharedPeer(pc, i, zone.cells, i)
+
+    def addresses(self, index: int) -> list[SockAddr]:
+        return list(self._resolved[index])
+
+    def set_addresses(self, index: int, addrs: list[SockAddr]) -> tuple[bool, int]:
+        """Line `index` now resolves to `addrs`: rebuild the balancer if the set changed.
+
+        Returns (changed, dropped): `dropped` counts addresses left out because the line's
+        RESOLVE_SLOTS were all taken.
+        """
+        current = self._resolved[index]
+        wanted = list(dict.fromkeys(addrs))
+        if set(wanted) == set(current):
+            return False, 0
+        line = self.lines[index]
+        dropped = 0
+        zone = self.zone
+        with zone.lock:
+            for addr in [a for a in current if a not in wanted]:
+                _, slot = current.pop(addr)
+                zone.release(slot)
+            for addr in wanted:
+                if addr in current:
+                    continue
+                slot = zone.acquire(index, _address_key(addr), line.weight)
+                if slot is None:
+                    dropped += 1
+                    continue
+                current[addr] = (_peer_conf(line, addr), slot)
+        if self.group is not None:
+            self.group.balancer = self.make_balancer()
+        return True, dropped
+
+    def make_balancer(self) -> Balancer:
+        primary: list[PeerConf] = []
+        backup: list[PeerConf] = []
+        slots: dict[int, int] = dict(self._static_slots)
+        static = iter(self._static)
+        resolved = iter(self._resolved)
+        for line in self.conf.servers:
+            if line.resolve:
+                confs = []
+                for pc, slot in next(resolved).values():
+                    slots[id(pc)] = slot
+                    confs.append(pc)
+            else:
+                confs = [next(static) for _ in line.url.addrs]
+            (backup if line.backup else primary).extend(confs)
+        if not primary:
+            return EmptyBalancer()
+        cells = self.zone.cells
+
+        def new_peer(pc: PeerConf, index: int) -> Peer:
+            return SharedPeer(pc, index, cells, slots[id(pc)], keep=True)
+
+        return ZonedBalancer(_make_balancer(self.conf.method, primary, backup, new_peer), self.zone)
 
 
 _BalancerClass = Callable[..., Balancer]
