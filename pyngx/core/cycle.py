@@ -19,6 +19,7 @@ from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
 from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
+from pyngx.stream import pitfalls
 from pyngx.stream import resolver as stream_resolver
 from pyngx.stream import upstream as stream_upstream
 from pyngx.stream.health import HealthCheck
@@ -98,7 +99,7 @@ def load_cycle(
     except BaseException:
         files.close()
         raise
-    warnings = root.slots.get("__warnings__", [])
+    warnings = [*root.slots.get("__warnings__", []), *pitfalls.check(servers)]
     return Cycle(paths, main, error_log, files, servers, parsed.files, warnings, checks)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pyngx.conf.errors import ConfigError
 from pyngx.core.cycle import Cycle, load_cycle
 from pyngx.core.listening import ListenGroup, SocketTable, plan
-from pyngx.core.log import ALERT, EMERG, NOTICE, report
+from pyngx.core.log import ALERT, EMERG, NOTICE, WARN, report
 from pyngx.core.worker import (
     WORKER_FATAL_EXIT,
     WORKER_SIGNALS,
@@ -293,6 +293,8 @@ class Master:
         except ConfigError as exc:
             self.log.log(EMERG, str(exc))
             return
+        for warning in cycle.warnings:
+            self.log.log(WARN, warning)
         try:
             gen = bind_cycle(cycle, self.table)
         except StartupError as exc:

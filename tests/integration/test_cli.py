@@ -267,3 +267,26 @@ def test_seed_example_is_verbatim() -> None:
     assert (EXAMPLES / "stalwart-behind-nginx.conf").read_text().splitlines() == seed[
         start : end + 1
     ]
+
+
+def test_warns_about_listen_proxy_protocol_without_trusted_senders(tmp_path: Path) -> None:
+    conf = write_conf(
+        tmp_path,
+        "stream {\n  server {\n    listen 127.0.0.1:2525 proxy_protocol;\n"
+        "    proxy_pass 127.0.0.1:10025;\n  }\n}\n",
+    )
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert re.search(
+        r"\[warn\] .*\"listen 127\.0\.0\.1:2525 proxy_protocol\" expects a PROXY protocol header"
+        rf".* in {re.escape(str(conf))}:6\n",
+        r.stderr,
+    ), r.stderr
+    assert "test is successful" in r.stderr
+    trusted = write_conf(
+        tmp_path,
+        "stream {\n  server {\n    listen 127.0.0.1:2525 proxy_protocol;\n"
+        "    set_real_ip_from 10.0.0.0/8;\n    proxy_pass 127.0.0.1:10025;\n  }\n}\n",
+    )
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(trusted))
+    assert "[warn]" not in r.stderr
