@@ -9,7 +9,7 @@ PYNGX_VENV="$PYNGX_ROOT/.venv"
 
 # Debian packages the test suite drives. Extend this list as tests need more programs;
 # postfix is already preseeded below ("No configuration") so it can be added non-interactively.
-PYNGX_DEBIAN_PACKAGES="nginx libnginx-mod-stream curl openssl socat"
+PYNGX_DEBIAN_PACKAGES="nginx libnginx-mod-stream curl openssl socat iproute2"
 
 pyngx_log() {
     echo "${0##*/}: $*" >&2
