@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyngx.conf.parser import Node
+from pyngx.conf.regex import compile_pcre
 from pyngx.conf.variables import VariableTable, compile_complex, split_complex
 
 Value = Callable[[Any, "re.Match[str] | None"], str]
@@ -77,7 +78,7 @@ class CompiledMap:
                 if pattern.startswith("*"):
                     flags, pattern = re.IGNORECASE, pattern[1:]
                 try:
-                    rx = re.compile(pattern, flags)
+                    rx = compile_pcre(pattern, flags)
                 except re.error as exc:
                     raise node.error(f'pcre2_compile() failed: {exc} in "{pattern}"') from None
                 names = set(rx.groupindex)
