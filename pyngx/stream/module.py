@@ -40,6 +40,7 @@ from pyngx.conf.values import (
 )
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
 from pyngx.core.log import ErrorLog
+from pyngx.stream import tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.resolver import ResolverConf, stream_resolver
 from pyngx.stream.upstream import (
@@ -71,6 +72,7 @@ class ListenOpts:
     rcvbuf: int | None
     sndbuf: int | None
     where: str
+    ssl: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class StreamServer:
     access_logs: tuple[AccessLog, ...]
     error_log: ErrorLog
     where: str
+    ssl: tls.ServerSsl | None = None
+    proxy_ssl: tls.ProxySsl | None = None
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -189,12 +193,18 @@ def _listen(ctx: Context, node: Node) -> None:
             except (ValueError, DirectiveValueError):
                 raise node.error(f'invalid so_keepalive value: "{value}"') from None
             opts["bind"] = True
-        elif param in ("ssl", "udp"):
+        elif param == "ssl":
+            opts["ssl"] = True
+        elif param == "udp":
             raise node.error(f'the "{param}" parameter of "listen" is not supported yet')
         elif name in ("fastopen", "deferred", "setfib", "accept_filter"):
             continue
         else:
             raise node.error(f'the invalid "{param}" parameter')
+    if opts.get("ssl") and opts["proxy_protocol"]:
+        # The PROXY header would be read in plaintext before the handshake (nginx's order);
+        # the bytes after it would have to be fed into the TLS layer.
+        raise node.error('"listen ... ssl proxy_protocol" is not supported yet')
     where = f"{node.file}:{node.line}"
     for addr in url.addrs:
         wildcard = addr.host in ("0.0.0.0", "::")
@@ -342,6 +352,7 @@ def register(reg: Registry) -> None:
     reg.add("proxy_next_upstream", BOTH, flag_slot("proxy_next_upstream"))
     reg.add("proxy_next_upstream_tries", BOTH, number_slot("proxy_next_upstream_tries"))
     reg.add("proxy_next_upstream_timeout", BOTH, time_slot("proxy_next_upstream_timeout"))
+    tls.register(reg, BOTH)
     reg.add("log_format", [STREAM], _log_format, TWOMORE)
     reg.add("access_log", BOTH, _access_log, ONEMORE)
     for name in (
@@ -416,6 +427,11 @@ def build(
             logs.append(AccessLog(f, fmt, params["if"], params["buffer"], params["flush"]))
         specs = srv.local("error_log") or stream.local("error_log")
         error_log = make_error_log(specs) if specs else main_error_log
+        server_ssl = tls.build_server(srv, any(lo.ssl for lo in listens), where)
+        proxy_ssl = tls.build_proxy(srv)
+        if proxy_ssl is not None and proxy_ssl.name is None and not url.text.startswith("unix:"):
+            # proxy_ssl_name defaults to the proxy_pass host (nginx's $proxy_host).
+            proxy_ssl.name = url.host
         servers.append(
             StreamServer(
                 index=index,
@@ -441,6 +457,8 @@ def build(
                 access_logs=tuple(logs),
                 error_log=error_log,
                 where=where,
+                ssl=server_ssl,
+                proxy_ssl=proxy_ssl,
             )
         )
     for name, block in blocks.items():

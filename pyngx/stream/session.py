@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
+from pyngx.stream import tls
 from pyngx.upstream import Balancer, Peer, PickContext
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 # States of a session.
-READING_PROXY_HEADER, CONNECTING, RELAYING, DONE = range(4)
+READING_PROXY_HEADER, CONNECTING, RELAYING, DONE, HANDSHAKING = range(5)
 
 STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 500, 502
 
@@ -58,6 +59,27 @@ def _broken_header_message(buf: bytearray) -> str:
         return "header is too large" if len(buf) >= 16 else "broken header"
     head = bytes(buf[: pp.V1_MAX_HEADER]).decode("latin-1")
     return f'broken header: "{head}"'
+
+
+ssl_errors = (OSError, EOFError)
+X509_V_ERR_HOST = 62  # X509_V_ERR_HOSTNAME_MISMATCH: Python's check_hostname failed
+
+
+def _upstream_tls_error(exc: BaseException, name: str | None) -> str:
+    """nginx's words for a failed handshake with the upstream (before `while ...`)."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == X509_V_ERR_HOST:
+        return f'upstream SSL certificate does not match "{name}"'
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"upstream SSL certificate verify error: ({exc.verify_code}:{exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"SSL_do_handshake() failed {tls._ssl_reason(exc)}"
+    if isinstance(exc, ConnectionAbortedError):
+        return f"upstream timed out {_strerror(errno.ETIMEDOUT)}"
+    if exc.errno if isinstance(exc, OSError) else None:
+        return f"SSL_do_handshake() failed {_strerror(exc.errno)}"  # type: ignore[union-attr]
+    return "peer closed connection in SSL handshake"
 
 
 def _peer_text(host: str, port: int | None) -> str:
@@ -99,6 +121,9 @@ class UpstreamSide(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            # A start_tls that failed reports here too: the session never counted this side.
+            return
         s = self.session
         s.upstream_lost(exc)
 
@@ -154,6 +179,9 @@ class ClientSide(asyncio.Protocol):
         "upload_rate",
         "rate_state",
         "open_sides",
+        "tls",
+        "handshake",
+        "header_sent",
     )
 
     def __init__(self, worker: Worker, server: StreamServer, listen: ListenOpts) -> None:
@@ -187,6 +215,10 @@ class ClientSide(asyncio.Protocol):
         self.upload_rate = server.upload_rate
         self.rate_state: dict[int, float] | None = None
         self.open_sides = 1
+        # The client's SSLObject once `listen ... ssl` completed its handshake ($ssl_*).
+        self.tls: Any = None
+        self.handshake: tls.Stepper | None = None
+        self.header_sent = False
 
     # -- accept ------------------------------------------------------------------------
 
@@ -222,6 +254,43 @@ class ClientSide(asyncio.Protocol):
             self.pending = bytearray()
             self.timer = self.loop.call_later(self.server.proxy_protocol_timeout, self._on_timer)
             return
+        if listen.ssl:
+            self._start_handshake()
+            return
+        self.connect_upstream()
+
+    # -- TLS from the client (`listen ... ssl`) --------------------------------------------
+
+    def _start_handshake(self) -> None:
+        conf = self.server.ssl
+        assert conf is not None
+        self.state = HANDSHAKING
+        # start_tls's own timeout (ssl_handshake_timeout) aborts a silent or slow client.
+        coro = self.loop.start_tls(
+            self.transport,
+            self,
+            conf.ctx,
+            server_side=True,
+            ssl_handshake_timeout=conf.handshake_timeout,
+        )
+        self.handshake = tls.Stepper(coro, self._handshake_done)
+
+    def _handshake_done(
+        self, transport: asyncio.Transport | None, exc: BaseException | None
+    ) -> None:
+        self.handshake = None
+        if self.state != HANDSHAKING:
+            if transport is not None:
+                transport.abort()
+            return
+        if transport is None:
+            text = None if exc is None else tls.handshake_error(exc)
+            if text is not None and not isinstance(exc, asyncio.CancelledError):
+                self.log(INFO, f"{text} while SSL handshaking")
+            self.finalize(STATUS_INTERNAL)
+            return
+        self.transport = transport
+        self.tls = transport.get_extra_info("ssl_object")
         self.connect_upstream()
 
     # -- PROXY header from the client ----------------------------------------------------
@@ -312,6 +381,9 @@ class ClientSide(asyncio.Protocol):
 
     async def _connect(self, addr: Any) -> None:
         srv = self.server
+        if srv.proxy_ssl is not None:
+            await self._connect_tls(addr, srv.proxy_ssl)
+            return
         try:
             if addr.family == socket.AF_UNIX:
                 await self.loop.create_unix_connection(lambda: UpstreamSide(self), addr.address)
@@ -336,14 +408,71 @@ class ClientSide(asyncio.Protocol):
         finally:
             self.connect_task = None
 
-    def _connect_failed(self, message: str) -> None:
+    async def _connect_tls(self, addr: Any, conf: tls.ProxySsl) -> None:
+        """`proxy_ssl on`: connect in plaintext, send the PROXY header (nginx sends it before
+        ngx_stream_proxy_ssl_init_connection), then upgrade with start_tls."""
+        srv = self.server
+        loop = self.loop
+        phase = "connect"
+        try:
+            if addr.family == socket.AF_UNIX:
+                raw, _ = await loop.create_unix_connection(asyncio.Protocol, addr.address)
+            else:
+                local = srv.bind.address if srv.bind is not None else None
+                raw, _ = await loop.create_connection(
+                    asyncio.Protocol, addr.address[0], addr.address[1], local_addr=local
+                )
+                sock = raw.get_extra_info("socket")
+                if srv.socket_keepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if not srv.tcp_nodelay:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            phase = "handshake"
+            try:
+                header = self._proxy_header_out(raw)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raw.abort()
+                self.log(ERROR, f"cannot write PROXY protocol header: {exc}")
+                self.finalize(STATUS_INTERNAL)
+                return
+            if header:
+                self.up_sent += len(header)
+                raw.write(header)
+            self.header_sent = True
+            peer_key = self.tried[-1]
+            if conf.session_reuse:
+                tls.NEXT_SESSION.set(conf.sessions.get(peer_key))
+            up = UpstreamSide(self)
+            name = conf.name if conf.server_name or conf.ctx.check_hostname else None
+            try:
+                transport = await loop.start_tls(raw, up, conf.ctx, server_hostname=name or None)
+            except BaseException:
+                raw.abort()
+                raise
+            if conf.session_reuse:
+                obj = transport.get_extra_info("ssl_object")
+                if obj is not None and obj.session is not None:
+                    conf.sessions[peer_key] = obj.session
+            up.connection_made(transport)
+        except asyncio.CancelledError:
+            return
+        except ssl_errors as exc:
+            if phase == "connect":
+                self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
+            else:
+                text = _upstream_tls_error(exc, conf.name)
+                self._connect_failed(text, "SSL handshaking to upstream")
+        finally:
+            self.connect_task = None
+
+    def _connect_failed(self, message: str, action: str = "connecting to upstream") -> None:
         """ngx_stream_proxy_next_upstream: count the failure, then retry or give up (502)."""
         if self.state != CONNECTING:
             return
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.log(ERROR, f"{message} while connecting to upstream")
+        self.log(ERROR, f"{message} while {action}")
         now = self.loop.time()
         pick, peer = self.pick, self.peer
         assert pick is not None
@@ -386,7 +515,7 @@ class ClientSide(asyncio.Protocol):
             )
             log.log(INFO, f"proxy {local_text} connected to {self.tried[-1]}", self.conn_id)
         try:
-            header = self._proxy_header_out(transport)
+            header = b"" if self.header_sent else self._proxy_header_out(transport)
         except ValueError as exc:
             self.log(ERROR, f"cannot write PROXY protocol header: {exc}")
             self.finalize(STATUS_INTERNAL)
@@ -562,6 +691,11 @@ class ClientSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open_sides -= 1
+        if self.state == HANDSHAKING and self.handshake is not None:
+            # start_tls reports the failure (and its reason) to _handshake_done; the session
+            # ends there, with nginx's log line.
+            self._maybe_forget()
+            return
         if self.state != DONE:
             if exc is not None and isinstance(exc, OSError) and exc.errno:
                 self.log(INFO, f"recv() failed {_strerror(exc.errno)} while proxying connection")
@@ -602,6 +736,8 @@ class ClientSide(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.handshake is not None:
+            self.handshake.cancel()
         if connecting and self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -630,6 +766,8 @@ class ClientSide(asyncio.Protocol):
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        if self.handshake is not None:
+            self.handshake.cancel()
         self._release_peer()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.abort()

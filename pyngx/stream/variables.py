@@ -14,6 +14,7 @@ from typing import Any
 
 from pyngx import NGINX_COMPAT_VERSION
 from pyngx.conf.variables import VariableTable
+from pyngx.stream import tls
 
 _HOSTNAME = socket.gethostname()
 
@@ -57,6 +58,21 @@ def _port(v: int | None) -> str | None:
     return None if v is None else str(v)
 
 
+def _tls(fn: Any) -> Any:
+    """A $ssl_* getter: no value on a session without TLS from the client."""
+
+    def getter(s: Any) -> str | None:
+        obj = s.tls
+        return None if obj is None else fn(obj)
+
+    return getter
+
+
+def _verify(obj: Any) -> str:
+    # A certificate that failed verification fails the handshake: FAILED is never seen.
+    return "SUCCESS" if obj.getpeercert() else "NONE"
+
+
 def build_table() -> VariableTable:
     t = VariableTable()
     add = t.add
@@ -87,6 +103,13 @@ def build_table() -> VariableTable:
     add("upstream_connect_time", lambda s: s.upstream_stat("connect"))
     add("upstream_first_byte_time", lambda s: s.upstream_stat("first_byte"))
     add("upstream_session_time", lambda s: s.upstream_stat("session"))
+    add("ssl_protocol", _tls(lambda o: o.version()))
+    add("ssl_cipher", _tls(lambda o: (o.cipher() or (None,))[0]))
+    add("ssl_server_name", _tls(lambda o: getattr(o, "pyngx_sni", None) or None))
+    add("ssl_alpn_protocol", _tls(lambda o: o.selected_alpn_protocol() or None))
+    add("ssl_session_reused", _tls(lambda o: "r" if o.session_reused else "."))
+    add("ssl_client_s_dn", _tls(tls.peer_subject_dn))
+    add("ssl_client_verify", _tls(_verify))
     return t
 
 
