@@ -30,6 +30,10 @@ class VariableTable:
     def add(self, name: str, getter: Getter) -> None:
         self.getters[name] = getter
 
+    def copy(self) -> VariableTable:
+        """A table for one configuration: built-ins plus what its `map`s define."""
+        return VariableTable(dict(self.getters), dict(self.prefixes))
+
     def lookup(self, name: str) -> Getter:
         getter = self.getters.get(name)
         if getter is not None:

@@ -34,6 +34,7 @@ from pyngx.core.worker import (
 
 MASTER_SIGNALS = (*WORKER_SIGNALS, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR2)
 FAST_STOP_KILL_AFTER = 5.0
+RESPAWN_GRACE = 1.0
 # What nginx's master adds to "signal N (NAME) received from PID" (ngx_signal_handler).
 SIGNAL_ACTIONS = {
     signal.SIGHUP: ", reconfiguring",
@@ -158,6 +159,8 @@ class Master:
         self.stopping: str | None = None  # "quit" or "term"
         self.kill_at: float | None = None
         self.index_of: dict[int, int] = {}
+        self.spawned_at: dict[int, float] = {}
+        self.respawn_due: list[tuple[float, int]] = []
 
     @property
     def log(self):  # type: ignore[no-untyped-def]
@@ -180,6 +183,7 @@ class Master:
             worker_process(gen.cycle, mine, index, self.counter)
         gen.pids.add(pid)
         self.index_of[pid] = index
+        self.spawned_at[pid] = time.monotonic()
         self.log.log(NOTICE, f"start worker process {pid}")
         return pid
 
@@ -199,6 +203,7 @@ class Master:
             if info is not None:
                 self.on_signal(info.si_signo, info.si_pid)
             self.reap()
+            self.respawn_delayed()
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self.signal_all(signal.SIGKILL)
                 self.kill_at = None
@@ -208,6 +213,14 @@ class Master:
         self.table.close_all()
         remove_pid(self.gen.cycle.pid_path)
         return 0
+
+    def respawn_delayed(self) -> None:
+        now = time.monotonic()
+        due = [index for at, index in self.respawn_due if at <= now]
+        self.respawn_due = [(at, index) for at, index in self.respawn_due if at > now]
+        if not self.stopping:
+            for index in due:
+                self.spawn(self.gen, index)
 
     def all_pids(self) -> set[int]:
         pids = set(self.gen.pids)
@@ -276,8 +289,14 @@ class Master:
                 )
             elif not self.stopping:
                 # Whatever the reason, even a QUIT sent to the worker itself: the master did
-                # not ask it to go, so the service keeps its number of workers.
-                self.spawn(self.gen, index)
+                # not ask it to go, so the service keeps its number of workers. One that dies
+                # within RESPAWN_GRACE of its start is replaced after that delay, so a worker
+                # that cannot run does not turn the master into a fork loop.
+                lived = time.monotonic() - self.spawned_at.pop(pid, 0.0)
+                if lived < RESPAWN_GRACE:
+                    self.respawn_due.append((time.monotonic() + RESPAWN_GRACE, index))
+                else:
+                    self.spawn(self.gen, index)
             return
         for g in list(self.old):
             if pid in g.pids:
@@ -310,6 +329,7 @@ class Master:
                 remove_pid(self.gen.cycle.pid_path)
         old = self.gen
         self.gen = gen
+        self.respawn_due.clear()  # the new generation starts its full set of workers
         self.start_workers(gen)
         for pid in old.pids:
             try:

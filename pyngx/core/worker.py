@@ -99,6 +99,9 @@ class Worker:
         self.index = index
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.sessions: set[ClientSide] = set()
+        # Groups made at run time for `proxy_pass $variable` addresses, kept so that their
+        # balancer state (failures, round robin position) lasts across sessions.
+        self.implicit_groups: dict[str, Any] = {}
         self.servers: list[Any] = []
         self.counter = counter or _LocalCounter()
         self.worker_connections = cycle.main.worker_connections

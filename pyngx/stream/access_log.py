@@ -6,9 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyngx.conf.variables import ESCAPES, compile_complex
+from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
 from pyngx.core.log import LogFile
-from pyngx.stream.variables import STREAM_VARIABLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,11 +16,11 @@ class LogFormat:
     build: Callable[[Any], str]
 
 
-def compile_format(name: str, escape: str, text: str) -> LogFormat:
+def compile_format(name: str, escape: str, text: str, table: VariableTable) -> LogFormat:
     esc = ESCAPES[escape]
     # nginx prints "-" for a variable without value, unless escaping is json or none.
     missing = "-" if escape == "default" else ""
-    return LogFormat(name, compile_complex(text, STREAM_VARIABLES, escape=esc, missing=missing))
+    return LogFormat(name, compile_complex(text, table, escape=esc, missing=missing))
 
 
 class AccessLog:

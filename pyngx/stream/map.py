@@ -62,6 +62,19 @@ class MapConf:
     entries: list[tuple[str, str, Node]] = field(default_factory=list)
 
 
+class MapHolder:
+    """The map's variable getter, declared before the map can be compiled (see `_stream`)."""
+
+    __slots__ = ("compiled",)
+
+    def __init__(self) -> None:
+        self.compiled: CompiledMap | None = None
+
+    def evaluate(self, session: Any) -> str:
+        compiled = self.compiled
+        return compiled.evaluate(session) if compiled is not None else ""
+
+
 class CompiledMap:
     __slots__ = ("source", "exact", "head_masks", "tail_masks", "regexes", "default")
 

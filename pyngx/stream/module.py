@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from pyngx.conf.registry import (
     NOARGS,
     ONEMORE,
     TAKE1,
+    TAKE2,
     TAKE12,
     TWOMORE,
     Context,
@@ -38,10 +40,11 @@ from pyngx.conf.values import (
     parse_url,
     resolve_host,
 )
-from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex
+from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
 from pyngx.stream import tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
+from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
 from pyngx.stream.resolver import ResolverConf, stream_resolver
 from pyngx.stream.upstream import (
     UpstreamConf,
@@ -79,7 +82,7 @@ class ListenOpts:
 class StreamServer:
     index: int
     listens: tuple[ListenOpts, ...]
-    upstream: UpstreamGroup
+    upstream: UpstreamGroup | None
     next_upstream: bool
     next_upstream_tries: int
     next_upstream_timeout: float
@@ -102,6 +105,11 @@ class StreamServer:
     where: str
     ssl: tls.ServerSsl | None = None
     proxy_ssl: tls.ProxySsl | None = None
+    # `proxy_pass $variable`: evaluated per connection to a group name or an address; `groups`
+    # holds every `upstream` block of the configuration by name (filled once all are built).
+    upstream_var: Callable[[Any], str] | None = None
+    groups: dict[str, UpstreamGroup] | None = None
+    ssl_preread: bool = False
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -113,7 +121,26 @@ def _stream(ctx: Context, node: Node) -> None:
     child = ctx.child(STREAM, node)
     ctx.slots["stream"] = child
     child.slots["log_formats"] = {}
+    table = child.slots["variables"] = STREAM_VARIABLES.copy()
+    # nginx resolves variable names after the whole block is read, so a `map` may follow the
+    # directives that use its variable: declare every map's name before running the block.
+    maps: list[tuple[MapConf, MapHolder]] = []
+    for sub in node.block or []:
+        if sub.name == "map" and sub.block is not None and len(sub.args) == 2:
+            conf = parse_map_block(sub.args[0], sub.args[1], sub)
+            if conf.name in table.getters:
+                raise sub.error(f'the duplicate "{conf.name}" variable')
+            holder = MapHolder()
+            table.add(conf.name, holder.evaluate)
+            maps.append((conf, holder))
+    child.slots["maps"] = maps
     child.run(node.block or [])
+    for conf, holder in maps:
+        holder.compiled = CompiledMap(conf, table)
+
+
+def _map(ctx: Context, node: Node) -> None:
+    """Declared and compiled by `_stream` (see there); here only checked for its place."""
 
 
 def _server(ctx: Context, node: Node) -> None:
@@ -217,8 +244,13 @@ def _proxy_pass(ctx: Context, node: Node) -> None:
     text = node.args[0]
     if "proxy_pass" in ctx.slots:
         raise node.error('"proxy_pass" directive is duplicate')
-    if "$" in text:
-        raise node.error('variables in "proxy_pass" are not supported yet')
+    if has_variables(text):
+        # Evaluated per connection: an upstream group's name or an address with a port.
+        table = ctx.up(STREAM).slots["variables"]
+        ctx.slots["proxy_pass"] = None
+        ctx.slots["proxy_pass_var"] = compile_complex(text, table)
+        ctx.locations["proxy_pass"] = node
+        return
     try:
         url = parse_url(text, resolve=False)
     except UrlError as exc:
@@ -290,7 +322,7 @@ def _log_format(ctx: Context, node: Node) -> None:
         args = args[1:]
     if not args:
         raise node.error('invalid number of arguments in "log_format" directive')
-    formats[name] = compile_format(name, escape, "".join(args))
+    formats[name] = compile_format(name, escape, "".join(args), ctx.slots["variables"])
 
 
 def _access_log(ctx: Context, node: Node) -> None:
@@ -316,7 +348,7 @@ def _access_log(ctx: Context, node: Node) -> None:
             elif key == "gzip":
                 raise node.error('the "gzip" parameter of "access_log" is not supported')
             elif key == "if" and eq:
-                params["if"] = compile_complex(value, STREAM_VARIABLES)
+                params["if"] = compile_complex(value, ctx.up(STREAM).slots["variables"])
             else:
                 raise node.error(f'invalid parameter "{p}"')
         except DirectiveValueError:
@@ -349,6 +381,8 @@ def register(reg: Registry) -> None:
     reg.add("preread_timeout", BOTH, time_slot("preread_timeout"))
     reg.add("proxy_protocol_timeout", BOTH, time_slot("proxy_protocol_timeout"))
     reg.add("set_real_ip_from", BOTH, _set_real_ip_from)
+    reg.add("map", [STREAM], _map, TAKE2, block=True)
+    reg.add("ssl_preread", BOTH, flag_slot("ssl_preread"))
     reg.add("proxy_next_upstream", BOTH, flag_slot("proxy_next_upstream"))
     reg.add("proxy_next_upstream_tries", BOTH, number_slot("proxy_next_upstream_tries"))
     reg.add("proxy_next_upstream_timeout", BOTH, time_slot("proxy_next_upstream_timeout"))
@@ -415,9 +449,14 @@ def build(
                 raise ConfigError(f'duplicate "{lo.addr.text}" address and port pair in {lo.where}')
             seen[key] = lo.where
         url = srv.local("proxy_pass")
-        if url is None:
+        upstream_var = srv.local("proxy_pass_var")
+        if url is None and upstream_var is None:
             raise ConfigError(f"no handler for server in {where}")
-        upstream = _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
+        upstream = (
+            _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
+            if url is not None
+            else None
+        )
         logs = []
         for path, fmt, params in srv.get("access_log", []):
             try:
@@ -459,11 +498,15 @@ def build(
                 where=where,
                 ssl=server_ssl,
                 proxy_ssl=proxy_ssl,
+                upstream_var=upstream_var,
+                groups=built,
+                ssl_preread=srv.get("ssl_preread", False),
             )
         )
     for name, block in blocks.items():
         if name not in built:
-            build_group(block, resolver)  # an unused group is still checked, as nginx checks it
+            # An unused group is still checked, as nginx checks it; `proxy_pass $var` may name it.
+            built[name] = build_group(block, resolver)
     root = stream
     while root.parent is not None:
         root = root.parent

@@ -302,9 +302,13 @@ def start_resolvers(
     """The worker's hook: None when no upstream group of these servers resolves names."""
     groups: list[DynamicGroup] = []
     for server in servers:
-        dynamic = server.upstream.dynamic  # type: ignore[attr-defined]
-        if dynamic is not None and dynamic not in groups:
-            groups.append(dynamic)
+        # The server's own group, and every group a `proxy_pass $variable` may name.
+        candidates = [server.upstream] if server.upstream is not None else []  # type: ignore[attr-defined]
+        candidates += list((server.groups or {}).values())  # type: ignore[attr-defined]
+        for group in candidates:
+            dynamic = group.dynamic
+            if dynamic is not None and dynamic not in groups:
+                groups.append(dynamic)
     if not groups:
         return None
     resolvers = UpstreamResolvers(loop, groups, log)

@@ -25,9 +25,12 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
+from pyngx.protocols import tls_client_hello
 from pyngx.stream import tls
+from pyngx.stream.upstream import UpstreamGroup, implicit_group
 from pyngx.upstream import Balancer, Peer, PickContext
 
 if TYPE_CHECKING:
@@ -40,7 +43,7 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 # States of a session.
-READING_PROXY_HEADER, CONNECTING, RELAYING, DONE, HANDSHAKING = range(5)
+READING_PROXY_HEADER, CONNECTING, RELAYING, DONE, HANDSHAKING, PREREADING = range(6)
 
 STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 500, 502
 
@@ -145,6 +148,8 @@ class ClientSide(asyncio.Protocol):
         "transport",
         "upstream",
         "balancer",
+        "group",
+        "client_hello",
         "state",
         "conn_id",
         "start",
@@ -202,6 +207,8 @@ class ClientSide(asyncio.Protocol):
         # The balancer `pick` came from: a group with `resolve` servers may swap its balancer
         # while the session runs, and retries and free() must go to the one that gave the peer.
         self.balancer: Balancer | None = None
+        self.group: UpstreamGroup | None = None
+        self.client_hello: tls_client_hello.ClientHello | None = None
         self.next_started = 0.0
         self.connect_task: asyncio.Task[Any] | None = None
         self.connect_started = 0.0
@@ -257,7 +264,7 @@ class ClientSide(asyncio.Protocol):
         if listen.ssl:
             self._start_handshake()
             return
-        self.connect_upstream()
+        self._content()
 
     # -- TLS from the client (`listen ... ssl`) --------------------------------------------
 
@@ -291,7 +298,7 @@ class ClientSide(asyncio.Protocol):
             return
         self.transport = transport
         self.tls = transport.get_extra_info("ssl_object")
-        self.connect_upstream()
+        self._content()
 
     # -- PROXY header from the client ----------------------------------------------------
 
@@ -321,7 +328,77 @@ class ClientSide(asyncio.Protocol):
                 self.remote_addr = header.src_addr  # type: ignore[assignment]
                 self.remote_port = header.src_port
         self.pending = [rest] if rest else None
+        self._content()
+
+    # -- preread (`ssl_preread on`) and the content phase -----------------------------------
+
+    def _content(self) -> None:
+        """After the PROXY header and TLS: read the ClientHello if asked, then proxy."""
+        if self.server.ssl_preread and not self.listen.ssl:
+            self.state = PREREADING
+            held = b"".join(self.pending) if self.pending else b""
+            self.pending = bytearray(held)
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(self.server.preread_timeout, self._on_timer)
+            if held:
+                self._preread(b"")
+            return
         self.connect_upstream()
+
+    def _preread(self, data: bytes) -> None:
+        buf = self.pending
+        assert isinstance(buf, bytearray)
+        buf += data
+        try:
+            hello = tls_client_hello.parse(buf, limit=self.server.preread_buffer_size)
+        except tls_client_hello.TooLarge:
+            self.log(ERROR, "preread buffer full while prereading client data")
+            self.finalize(STATUS_BAD_REQUEST)
+            return
+        except tls_client_hello.ClientHelloError:
+            hello = None  # not TLS, or a hello nginx would not read: no $ssl_preread_* values
+        else:
+            if hello is None:
+                return  # need more
+        self.client_hello = hello
+        self._end_preread()
+
+    def _end_preread(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        held = bytes(self.pending) if self.pending else b""
+        self.pending = [held] if held else None
+        self.connect_upstream()
+
+    def _pick_group(self) -> UpstreamGroup | None:
+        """The group for this session: the configured one, or `proxy_pass $variable`'s."""
+        srv = self.server
+        if srv.upstream is not None:
+            return srv.upstream
+        assert srv.upstream_var is not None
+        text = srv.upstream_var(self)
+        group = srv.groups.get(text) if srv.groups else None
+        if group is not None:
+            return group
+        group = self.worker.implicit_groups.get(text)
+        if group is not None:
+            return group
+        try:
+            url = parse_url(text, resolve=False)
+        except UrlError as exc:
+            self.log(ERROR, f'{exc.text} in upstream "{text}" while connecting to upstream')
+            return None
+        if not url.addrs:
+            what = "no port in upstream" if url.port is None else "no resolver defined to resolve"
+            self.log(
+                ERROR, f'{what} "{url.host if url.port else text}" while connecting to upstream'
+            )
+            return None
+        group = implicit_group(url)
+        self.worker.implicit_groups[text] = group
+        return group
 
     def _trusted_for_realip(self) -> bool:
         nets = self.server.realip_from
@@ -344,10 +421,13 @@ class ClientSide(asyncio.Protocol):
     def connect_upstream(self) -> None:
         """Pick a peer (nginx's balancer) and start connecting to it."""
         self.state = CONNECTING
-        group = self.server.upstream
         now = self.loop.time()
         pick = self.pick
         if pick is None:
+            group = self.group = self._pick_group()
+            if group is None:
+                self.finalize(STATUS_BAD_GATEWAY)
+                return
             key = None
             if group.key is not None:
                 key = group.key(self).encode("utf-8", "surrogateescape")
@@ -358,6 +438,7 @@ class ClientSide(asyncio.Protocol):
                 pick.tries = cap
             self.next_started = now
         else:
+            group = self.group  # type: ignore[assignment]
             balancer = self.balancer  # type: ignore[assignment]
             pick.now = now
         if self.tried:
@@ -572,6 +653,10 @@ class ClientSide(asyncio.Protocol):
         if self.state == READING_PROXY_HEADER:
             self._read_proxy_header(data)
             return
+        if self.state == PREREADING:
+            self.bytes_received += len(data)
+            self._preread(data)
+            return
         if self.state == CONNECTING:
             # Hold what the client sends until the upstream is there (and its header sent).
             self.bytes_received += len(data)
@@ -588,6 +673,8 @@ class ClientSide(asyncio.Protocol):
             self.side_eof(from_upstream=False)
         elif self.state == READING_PROXY_HEADER:
             self.log(INFO, "client closed connection while reading PROXY protocol")
+            self.finalize(STATUS_OK)
+        elif self.state == PREREADING:
             self.finalize(STATUS_OK)
         return True
 
@@ -643,6 +730,10 @@ class ClientSide(asyncio.Protocol):
                 f"client timed out {_strerror(errno.ETIMEDOUT)} while reading PROXY protocol",
             )
             self.finalize(STATUS_OK)
+        elif state == PREREADING:
+            # nginx goes on to proxy without the $ssl_preread_* values.
+            self.timer = None
+            self._end_preread()
 
     # -- flow control and rate limits ----------------------------------------------------
 

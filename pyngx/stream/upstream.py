@@ -32,7 +32,7 @@ from pyngx.conf.values import (
     parse_url,
     resolve_host,
 )
-from pyngx.conf.variables import compile_complex
+from pyngx.conf.variables import VariableTable, compile_complex
 from pyngx.stream.variables import STREAM_VARIABLES
 from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, PickContext, make_balancer
 from pyngx.upstream.zone import SharedPeer, Zone, ZonedBalancer
@@ -71,6 +71,8 @@ class UpstreamConf:
     method_node: Node | None = None
     hash_key: str | None = None
     zone: str | None = None
+    # The configuration's variables (built-ins and its `map`s), for the `hash` key.
+    variables: VariableTable = field(default_factory=lambda: STREAM_VARIABLES)
 
 
 @dataclass(slots=True, eq=False)
@@ -110,7 +112,7 @@ def _upstream(ctx: Context, node: Node) -> None:
     groups: dict[str, UpstreamConf] = ctx.slots.setdefault("upstreams", {})
     if name in groups:
         raise node.error(f'duplicate upstream "{name}"')
-    conf = UpstreamConf(name, node)
+    conf = UpstreamConf(name, node, variables=ctx.slots["variables"])
     groups[name] = conf
     child = ctx.child(UPSTREAM, node)
     child.slots["conf"] = conf
@@ -177,7 +179,7 @@ def _method(name: str) -> Callable[[Context, Node], None]:
             if len(node.args) > 1 and node.args[1] != "consistent":
                 raise node.error(f'invalid parameter "{node.args[1]}"')
             conf.method = "hash consistent" if len(node.args) > 1 else "hash"
-            compile_complex(node.args[0], STREAM_VARIABLES)  # unknown variables fail now
+            compile_complex(node.args[0], conf.variables)  # unknown variables fail now
         else:
             conf.method = " ".join([name, *node.args])
             try:
@@ -273,7 +275,7 @@ def build_group(conf: UpstreamConf, resolver: Any = None) -> UpstreamGroup:
         raise conf.node.error(f'no servers in upstream "{conf.name}"')
     node = conf.method_node or conf.node
     zone = Zone(conf.zone, len(primary) + len(backup), len(resolving)) if conf.zone else None
-    key = compile_complex(conf.hash_key, STREAM_VARIABLES) if conf.hash_key else None
+    key = compile_complex(conf.hash_key, conf.variables) if conf.hash_key else None
     if resolving:
         assert zone is not None
         dynamic = DynamicGroup(conf, zone, resolver, primary + backup)

@@ -110,7 +110,19 @@ def build_table() -> VariableTable:
     add("ssl_session_reused", _tls(lambda o: "r" if o.session_reused else "."))
     add("ssl_client_s_dn", _tls(tls.peer_subject_dn))
     add("ssl_client_verify", _tls(_verify))
+    add("ssl_preread_server_name", lambda s: _hello(s, "server_name"))
+    add("ssl_preread_alpn_protocols", lambda s: _hello(s, "alpn_protocols"))
+    add("ssl_preread_protocol", lambda s: _hello(s, "protocol"))
     return t
+
+
+def _hello(s: Any, attr: str) -> str | None:
+    # No ClientHello read: not found ("-" in logs); read but without the field: empty.
+    hello = s.client_hello
+    if hello is None:
+        return None
+    value = getattr(hello, attr)
+    return value or ""
 
 
 STREAM_VARIABLES = build_table()

@@ -81,6 +81,12 @@ CASES: dict[str, str] = {
     "invalid worker_processes": EVENTS + "worker_processes many;\n",
     "unknown user": "user no-such-user-pyngx;\n" + EVENTS,
     "unknown group": "user root no-such-group-pyngx;\n" + EVENTS,
+    "map over a built-in variable": EVENTS
+    + "stream {\n map $remote_addr $remote_port {\n default 1; }\n}\n",
+    "map with three words": EVENTS + "stream {\n map $remote_addr $x {\n a b c;\n }\n}\n",
+    "map outside stream": EVENTS + "map $a $b { }\n",
+    "proxy_pass unknown variable": EVENTS
+    + "stream { server { listen 127.0.0.1:1; proxy_pass $nope; } }\n",
     "stream inside events": "events { stream { } }\n",
     "server outside stream": EVENTS + "server { }\n",
     "quote then junk": EVENTS + 'stream { log_format f "a"b; }\n',
