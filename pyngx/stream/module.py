@@ -110,6 +110,9 @@ class StreamServer:
     upstream_var: Callable[[Any], str] | None = None
     groups: dict[str, UpstreamGroup] | None = None
     ssl_preread: bool = False
+    # Preaccess/access phase handlers (session -> None to go on, or the $status to end with),
+    # in nginx's order; added by the modules that need them (limit_conn, set, access).
+    access: tuple[Callable[[Any], int | None], ...] = ()
 
 
 # -- handlers ---------------------------------------------------------------------------

@@ -261,7 +261,18 @@ class ClientSide(asyncio.Protocol):
             self.pending = bytearray()
             self.timer = self.loop.call_later(self.server.proxy_protocol_timeout, self._on_timer)
             return
-        if listen.ssl:
+        self._after_accept()
+
+    def _after_accept(self) -> None:
+        """nginx's preaccess and access phases (limit_conn, set, allow/deny: the handlers in
+        `server.access`, each returning None to go on or a $status to end with), then TLS,
+        preread and content."""
+        for handler in self.server.access:
+            status = handler(self)
+            if status is not None:
+                self.finalize(status)
+                return
+        if self.listen.ssl:
             self._start_handshake()
             return
         self._content()
@@ -328,7 +339,7 @@ class ClientSide(asyncio.Protocol):
                 self.remote_addr = header.src_addr  # type: ignore[assignment]
                 self.remote_port = header.src_port
         self.pending = [rest] if rest else None
-        self._content()
+        self._after_accept()
 
     # -- preread (`ssl_preread on`) and the content phase -----------------------------------
 
