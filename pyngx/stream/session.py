@@ -648,7 +648,28 @@ class ClientSide(asyncio.Protocol):
             if src is None:
                 return b"PROXY UNKNOWN\r\n"
             return pp.encode_v1_trusted(src, sport, dst, dport)  # type: ignore[arg-type]
-        return pp.encode_v2(pp.Command.PROXY, pp.Transport.STREAM, src, sport, dst, dport)
+        return pp.encode_v2(
+            pp.Command.PROXY, pp.Transport.STREAM, src, sport, dst, dport, self._v2_tlvs()
+        )
+
+    def _v2_tlvs(self) -> list[tuple[int, bytes]]:
+        """pyngx extension: the server name and ALPN travel in the v2 header, also when TLS is
+        passed through (`ssl_preread`), which nginx cannot do."""
+        tlvs: list[tuple[int, bytes]] = []
+        name: str | None = None
+        alpn: str | None = None
+        hello = self.client_hello
+        if hello is not None:
+            name = hello.server_name
+            alpn = hello.alpn[0] if hello.alpn else None  # the client's first choice
+        elif self.tls is not None:
+            name = self.tls.server_name
+            alpn = self.tls.selected_alpn_protocol()
+        if name:
+            tlvs.append((pp.PP2_TYPE_AUTHORITY, name.encode("utf-8", "surrogateescape")))
+        if alpn:
+            tlvs.append((pp.PP2_TYPE_ALPN, alpn.encode("utf-8", "surrogateescape")))
+        return tlvs
 
     # -- relay -------------------------------------------------------------------------
 

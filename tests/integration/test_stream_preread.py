@@ -1,0 +1,66 @@
+"""`ssl_preread` beyond nginx: PROXY v2 carries the SNI and ALPN in passthrough; limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyngx.protocols import proxy_protocol as pp
+from tests.conftest import ServerFactory
+from tests.e2e.test_sni_routing_vs_nginx import client_hello
+from tests.harness import Backend, client, free_port, recv_all, recv_until
+
+BackendFactory = Callable[..., Backend]
+
+
+def test_v2_header_carries_authority_and_alpn_in_passthrough(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    b = backend(mode="record")
+    port = free_port()
+    pyngx(
+        f"stream {{ server {{ listen 127.0.0.1:{port}; ssl_preread on; proxy_protocol v2;"
+        f" proxy_pass {b.address}; }} }}\n"
+    )
+    hello = client_hello("imap.example.com", ["imap", "h2"])
+    with client("127.0.0.1", port) as c:
+        c.sendall(hello)
+        (conn,) = b.wait_for_connections(1)
+        data = conn.wait_for(hello[-16:])
+    parsed = pp.parse(data)
+    assert parsed is not None
+    header, consumed = parsed
+    assert header.tlv(pp.PP2_TYPE_AUTHORITY) == b"imap.example.com"
+    assert header.tlv(pp.PP2_TYPE_ALPN) == b"imap"
+    assert data[consumed:] == hello
+
+
+def test_preread_timeout_proceeds_without_values(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    b = backend(banner=b"220 hi\r\n")
+    port = free_port()
+    pyngx(
+        f"stream {{ server {{ listen 127.0.0.1:{port}; ssl_preread on; preread_timeout 500ms;"
+        f" proxy_pass {b.address}; }} }}\n"
+    )
+    start = time.monotonic()
+    with client("127.0.0.1", port) as c:  # a speak-last client: the server speaks first
+        assert recv_until(c, b"\r\n", timeout=5) == b"220 hi\r\n"
+    assert 0.4 < time.monotonic() - start < 4
+
+
+def test_preread_buffer_full_is_a_bad_request(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    b = backend()
+    port = free_port()
+    srv = pyngx(
+        f"stream {{ server {{ listen 127.0.0.1:{port}; ssl_preread on; preread_buffer_size 64;"
+        f" proxy_pass {b.address}; }} }}\n"
+    )
+    with client("127.0.0.1", port) as c:
+        c.sendall(client_hello("long.example.com", ["h2"]))
+        assert recv_all(c, reset_ok=True) == b""
+    srv.wait_for_log("preread buffer full")
+    assert b.connections == []
