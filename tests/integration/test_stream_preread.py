@@ -64,3 +64,52 @@ def test_preread_buffer_full_is_a_bad_request(
         assert recv_all(c, reset_ok=True) == b""
     srv.wait_for_log("preread buffer full")
     assert b.connections == []
+
+
+def test_hostile_client_hellos_close_only_their_own_connection(
+    pyngx: ServerFactory, backend: BackendFactory
+) -> None:
+    import random
+    import socket
+
+    from tests.harness import recv_exactly
+
+    b = backend(mode="echo")
+    port = free_port()
+    srv = pyngx(
+        f"stream {{ server {{ listen 127.0.0.1:{port}; ssl_preread on; preread_timeout 1s;"
+        f" proxy_pass {b.address}; }} }}\n",
+        workers=2,
+    )
+    real = client_hello("ok.example.com", ["h2"])
+    rng = random.Random(4)
+    with client("127.0.0.1", port, source="127.0.0.23", timeout=10) as good:
+        good.sendall(real)
+        assert recv_exactly(good, len(real), timeout=10) == real  # echoed back through
+        for i in range(150):
+            kind = i % 5
+            if kind == 0:
+                bad = real[: rng.randrange(1, len(real))]  # truncated, then closed
+            elif kind == 1:
+                bad = b"\x16\x03\x01\xff\xff" + rng.randbytes(rng.randrange(0, 400))
+            elif kind == 2:
+                mutated = bytearray(real)
+                mutated[rng.randrange(5, len(mutated))] = rng.randrange(256)
+                bad = bytes(mutated)
+            elif kind == 3:
+                bad = b"\x16" + rng.randbytes(rng.randrange(1, 600))
+            else:
+                bad = b"\x16\x03\x03\x00\x05\x01\x00\xff\xff\xff"
+            s = socket.socket()
+            s.bind(("127.0.0.24", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            try:
+                s.sendall(bad)
+            except OSError:
+                pass
+            s.close()
+            msg = b"alive %d\n" % i
+            good.sendall(msg)
+            assert recv_exactly(good, len(msg), timeout=10) == msg
+    assert "[alert]" not in srv.error_log_text()
