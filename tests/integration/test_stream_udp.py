@@ -3,7 +3,9 @@ proxy_requests, proxy_timeout, PROXY headers on datagrams, and nginx 1.22 side b
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,3 +293,39 @@ def test_listen_udp_refuses_tcp_parameters(tmp_path: Path, param: str) -> None:
     assert done.returncode != 0
     name = param.partition("=")[0]
     assert f'"{name}" parameter is incompatible with "udp"' in done.stderr
+
+
+def test_reuseport_one_socket_per_worker(
+    pyngx: ServerFactory, udp_backend: Callable[..., UdpBackend], tmp_path: Path
+) -> None:
+    b = udp_backend()
+    port = free_port(kind=socket.SOCK_DGRAM)
+    log = tmp_path / "access.log"
+    body = conf(port, f"127.0.0.1:{b.port}", "proxy_responses 1;", log)
+    srv = pyngx(body.replace(" udp;", " udp reuseport;"), workers=2)
+    # Many client addresses: the kernel spreads them over both workers' sockets.
+    for i in range(8):
+        with udp_client(f"127.0.0.{30 + i}") as c:
+            c.sendto(b"hi", ("127.0.0.1", port))
+            assert c.recv(100) == b"HI"
+    assert len(wait_lines(log, 8)) == 8
+    assert srv.running
+    out = subprocess.run(
+        ["ss", "-Hunl", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+    ).stdout
+    assert len(out.splitlines()) == 2  # one bound socket per worker
+
+
+def test_graceful_shutdown_ends_sessions(
+    pyngx: ServerFactory, udp_backend: Callable[..., UdpBackend], tmp_path: Path
+) -> None:
+    b = udp_backend()
+    port = free_port(kind=socket.SOCK_DGRAM)
+    log = tmp_path / "access.log"
+    srv = pyngx(conf(port, f"127.0.0.1:{b.port}", "", log))
+    with udp_client(CLIENT_A) as c:
+        c.sendto(b"hi", ("127.0.0.1", port))
+        assert c.recv(100) == b"HI"
+    srv.signal(signal.SIGQUIT)
+    srv.wait_for_log(r"disconnected on shutdown")
+    assert wait_lines(log, 1) == [f"UDP 200 2 2 {CLIENT_A}"]
