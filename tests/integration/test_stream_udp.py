@@ -329,3 +329,19 @@ def test_graceful_shutdown_ends_sessions(
     srv.signal(signal.SIGQUIT)
     srv.wait_for_log(r"disconnected on shutdown")
     assert wait_lines(log, 1) == [f"UDP 200 2 2 {CLIENT_A}"]
+
+
+def test_tcp_and_udp_on_one_port(
+    pyngx: ServerFactory, udp_backend: Callable[..., UdpBackend], tmp_path: Path
+) -> None:
+    b = udp_backend()
+    port = free_port(kind=socket.SOCK_DGRAM)
+    log = tmp_path / "access.log"
+    body = conf(port, f"127.0.0.1:{b.port}", "proxy_responses 1;", log)
+    tcp = f"  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{b.port}; }}\n}}\n"
+    pyngx(body[: body.rindex("}")] + tcp)
+    with udp_client(CLIENT_A) as c:
+        c.sendto(b"x", ("127.0.0.1", port))
+        assert c.recv(100) == b"X"
+    with socket.create_connection(("127.0.0.1", port), timeout=3):
+        pass  # the TCP listener is there too
