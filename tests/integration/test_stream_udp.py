@@ -88,6 +88,19 @@ def conf(port: int, upstream: str, extra: str, log: Path) -> str:
     )
 
 
+def free_both_port() -> int:
+    """A port free for both TCP and UDP a moment ago (free_port checks one kind only)."""
+    for _ in range(50):
+        port = free_port(kind=socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
 def wait_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
@@ -335,7 +348,7 @@ def test_tcp_and_udp_on_one_port(
     pyngx: ServerFactory, udp_backend: Callable[..., UdpBackend], tmp_path: Path
 ) -> None:
     b = udp_backend()
-    port = free_port(kind=socket.SOCK_DGRAM)
+    port = free_both_port()
     log = tmp_path / "access.log"
     body = conf(port, f"127.0.0.1:{b.port}", "proxy_responses 1;", log)
     tcp = f"  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{b.port}; }}\n}}\n"
