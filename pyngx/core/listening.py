@@ -40,7 +40,7 @@ class ListenGroup:
 
 def socket_key(opts: ListenOpts) -> tuple[Any, ...]:
     a = opts.addr
-    return (a.family, a.address, opts.reuseport, opts.ipv6only, opts.backlog)
+    return (a.family, a.address, opts.reuseport, opts.ipv6only, opts.backlog, opts.udp)
 
 
 def plan(servers: list[StreamServer]) -> list[ListenGroup]:
@@ -51,13 +51,15 @@ def plan(servers: list[StreamServer]) -> list[ListenGroup]:
     for srv, lo in targets:
         if lo.wildcard:
             g = ListenGroup(lo, (srv, lo))
-            wildcards[(lo.addr.family, lo.addr.port)] = g
+            wildcards[(lo.addr.family, lo.addr.port, lo.udp)] = g
             groups.append(g)
     for srv, lo in targets:
         if lo.wildcard:
             continue
-        wild = wildcards.get((lo.addr.family, lo.addr.port))
-        if wild is not None and not lo.bind:
+        wild = wildcards.get((lo.addr.family, lo.addr.port, lo.udp))
+        # A UDP listen always gets its own socket: telling a datagram's local address on a
+        # wildcard socket would take IP_PKTINFO, and the kernel prefers the specific socket.
+        if wild is not None and not lo.bind and not lo.udp:
             wild.by_addr[lo.addr.host] = (srv, lo)
             continue
         groups.append(ListenGroup(lo, (srv, lo)))
@@ -67,7 +69,7 @@ def plan(servers: list[StreamServer]) -> list[ListenGroup]:
 def open_socket(opts: ListenOpts) -> socket.socket:
     """Create, configure and bind one listening socket; OSError carries nginx's message."""
     addr: SockAddr = opts.addr
-    sock = socket.socket(addr.family, socket.SOCK_STREAM)
+    sock = socket.socket(addr.family, socket.SOCK_DGRAM if opts.udp else socket.SOCK_STREAM)
     try:
         if addr.family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,6 +101,9 @@ def open_socket(opts: ListenOpts) -> socket.socket:
             raise OSError(
                 code, f"bind() to {addr.text} failed ({code}: {os.strerror(code)})"
             ) from None
+        if opts.udp:
+            sock.setblocking(False)
+            return sock
         try:
             sock.listen(opts.backlog if opts.backlog > 0 else socket.SOMAXCONN)
         except OSError as exc:

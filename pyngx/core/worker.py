@@ -19,6 +19,7 @@ from typing import Any
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
 from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
+from pyngx.stream import udp
 from pyngx.stream.health import HealthCheckers, start_health_checks
 from pyngx.stream.resolver import UpstreamResolvers, start_resolvers
 from pyngx.stream.session import STATUS_OK, ClientSide
@@ -161,6 +162,10 @@ class Worker:
         # `server ... resolve` names: their groups have no peers until the first answer.
         self.resolvers = start_resolvers(loop, self.cycle.stream_servers, self.cycle.error_log)
         for group, sock in self.groups:
+            if group.opts.udp:
+                # Its close() (graceful or fast) ends its sessions: no socket, no session.
+                self.servers.append(await udp.serve(self, group, sock))
+                continue
             factory = self._factory(group)
             server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
             self.servers.append(server)

@@ -76,6 +76,7 @@ class ListenOpts:
     sndbuf: int | None
     where: str
     ssl: bool = False
+    udp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,10 @@ class StreamServer:
     # Preaccess/access phase handlers (session -> None to go on, or the $status to end with),
     # in nginx's order; added by the modules that need them (limit_conn, set, access).
     access: tuple[Callable[[Any], int | None], ...] = ()
+    # UDP sessions (pyngx.stream.udp): datagrams expected per client datagram (None: no
+    # limit), and client datagrams after which the session stops taking new ones (0: none).
+    responses: int | None = None
+    requests: int = 0
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -226,11 +231,21 @@ def _listen(ctx: Context, node: Node) -> None:
         elif param == "ssl":
             opts["ssl"] = True
         elif param == "udp":
-            raise node.error(f'the "{param}" parameter of "listen" is not supported yet')
+            opts["udp"] = True
         elif name in ("fastopen", "deferred", "setfib", "accept_filter"):
             continue
         else:
             raise node.error(f'the invalid "{param}" parameter')
+    if opts.get("udp"):
+        # nginx's checks (ngx_stream_core_listen), in its order and words.
+        for name, bad in (
+            ("backlog", any(p.startswith("backlog=") for p in node.args[1:])),
+            ("ssl", opts.get("ssl")),
+            ("so_keepalive", opts["so_keepalive"] is not None),
+            ("proxy_protocol", opts["proxy_protocol"]),
+        ):
+            if bad:
+                raise node.error(f'"{name}" parameter is incompatible with "udp"')
     if opts.get("ssl") and opts["proxy_protocol"]:
         # The PROXY header would be read in plaintext before the handshake (nginx's order);
         # the bytes after it would have to be fed into the TLS layer.
@@ -373,6 +388,8 @@ def register(reg: Registry) -> None:
     reg.add("proxy_protocol", BOTH, _proxy_protocol)
     reg.add("proxy_connect_timeout", BOTH, time_slot("proxy_connect_timeout"))
     reg.add("proxy_timeout", BOTH, time_slot("proxy_timeout"))
+    reg.add("proxy_responses", BOTH, number_slot("proxy_responses"))
+    reg.add("proxy_requests", BOTH, number_slot("proxy_requests"))
     reg.add("proxy_buffer_size", BOTH, size_slot("proxy_buffer_size"))
     reg.add("proxy_bind", BOTH, _proxy_bind, TAKE12)
     reg.add("proxy_socket_keepalive", BOTH, flag_slot("proxy_socket_keepalive"))
@@ -447,7 +464,7 @@ def build(
         if not listens:
             raise ConfigError(f'no "listen" is defined for server in {where}')
         for lo in listens:
-            key = (lo.addr.family, lo.addr.address)
+            key = (lo.addr.family, lo.addr.address, lo.udp)  # TCP and UDP may share a port
             if key in seen:
                 raise ConfigError(f'duplicate "{lo.addr.text}" address and port pair in {lo.where}')
             seen[key] = lo.where
@@ -504,6 +521,8 @@ def build(
                 upstream_var=upstream_var,
                 groups=built,
                 ssl_preread=srv.get("ssl_preread", False),
+                responses=srv.get("proxy_responses", None),
+                requests=srv.get("proxy_requests", 0),
             )
         )
     for name, block in blocks.items():

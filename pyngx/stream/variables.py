@@ -92,7 +92,7 @@ def build_table() -> VariableTable:
     add("msec", lambda s: f"{time.time():.3f}")
     add("pid", lambda s: str(os.getpid()))
     add("nginx_version", lambda s: NGINX_COMPAT_VERSION)
-    add("protocol", lambda s: "TCP")
+    add("protocol", lambda s: getattr(s, "protocol", "TCP"))  # UdpSession says "UDP"
     add("session_time", lambda s: _ms(s.session_time()))
     add("status", lambda s: str(s.status))
     add("time_iso8601", lambda s: time_iso8601(time.time()))
