@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
@@ -70,8 +72,6 @@ X509_V_ERR_HOST = 62  # X509_V_ERR_HOSTNAME_MISMATCH: Python's check_hostname fa
 
 def _upstream_tls_error(exc: BaseException, name: str | None) -> str:
     """nginx's words for a failed handshake with the upstream (before `while ...`)."""
-    import ssl
-
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == X509_V_ERR_HOST:
         return f'upstream SSL certificate does not match "{name}"'
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -417,8 +417,6 @@ class ClientSide(asyncio.Protocol):
             return False
         if self.family == socket.AF_UNIX:
             return "unix:" in nets
-        import ipaddress
-
         try:
             ip = ipaddress.ip_address(self.remote_addr)
         except ValueError:
