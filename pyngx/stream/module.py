@@ -42,6 +42,7 @@ from pyngx.conf.values import (
 )
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
+from pyngx.stream import access as stream_access
 from pyngx.stream import tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
@@ -113,6 +114,8 @@ class StreamServer:
     # Preaccess/access phase handlers (session -> None to go on, or the $status to end with),
     # in nginx's order; added by the modules that need them (limit_conn, set, access).
     access: tuple[Callable[[Any], int | None], ...] = ()
+    # Called with the session when it ends (limit_conn gives its counts back).
+    on_finalize: tuple[Callable[[Any], None], ...] = ()
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -504,6 +507,7 @@ def build(
                 upstream_var=upstream_var,
                 groups=built,
                 ssl_preread=srv.get("ssl_preread", False),
+                **stream_access.phase_handlers(srv),
             )
         )
     for name, block in blocks.items():
