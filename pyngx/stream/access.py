@@ -92,7 +92,8 @@ class Access:
             if net is not None and (net.version != ip.version or ip not in net):  # type: ignore[union-attr]
                 continue
             if rule.deny:
-                session.log(ERROR, "access forbidden by rule")
+                # nginx's log action during the access phases reads "while initializing session".
+                session.log(ERROR, "access forbidden by rule while initializing session")
                 return STATUS_FORBIDDEN
             return None
         return None

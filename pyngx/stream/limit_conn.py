@@ -44,6 +44,8 @@ STREAM, SERVER = "stream", "stream_server"
 STATUS_SERVICE_UNAVAILABLE = 503
 MAX_CONN = 65535  # nginx keeps the count in a u_short
 MAX_KEY = 255  # nginx keeps the key length in a u_char
+# nginx's log action during the (pre)access phases.
+WHILE = "while initializing session"
 
 # The owner of each shared zone name, for nginx's "already declared for a different use".
 SHM_TAGS = "shm_tags"
@@ -175,7 +177,8 @@ class LimitConn:
             if len(key) > MAX_KEY:
                 session.log(
                     ERROR,
-                    f'the value of the "{zone.key_text}" key is more than 255 bytes: "{text}"',
+                    f'the value of the "{zone.key_text}" key is more than 255 bytes: "{text}"'
+                    f" {WHILE}",
                 )
                 continue
             digest = hashlib.blake2b(key, digest_size=16).digest()
@@ -191,7 +194,9 @@ class LimitConn:
                 )
             else:
                 dry = ", dry run," if self.dry_run else ""
-                session.log(self.log_level, f'limiting connections{dry} by zone "{zone.name}"')
+                session.log(
+                    self.log_level, f'limiting connections{dry} by zone "{zone.name}" {WHILE}'
+                )
             for t, d in taken:  # ngx_stream_limit_conn_cleanup_all
                 t.release(d)
             return None if self.dry_run else STATUS_SERVICE_UNAVAILABLE
