@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import Backend, ServerProcess, client, free_port, recv_all, recv_until
+from tests.harness import (
+    Backend,
+    ServerProcess,
+    client,
+    client_unix,
+    free_port,
+    recv_all,
+    recv_until,
+)
 
 BackendFactory = Callable[..., Backend]
 A, B = "127.0.0.23", "127.0.0.24"
@@ -179,3 +187,40 @@ def test_limit_conn_across_workers(
     # Both workers took connections (the kernel spreads them by source port): counted per
     # worker, each would have let `limit` through, so exactly `limit` proves one shared count.
     assert len({ln.split()[0] for ln in lines}) == 2, lines
+
+
+def test_deny_after_realip_and_unix(
+    server: ServerFactory, backend: BackendFactory, tmp_path: Path
+) -> None:
+    """The address checked is the PROXY header's when realip trusts the sender; unix clients
+    match `unix:` rules (and `all`)."""
+    be = backend(banner=b"HI\n")
+    port = free_port()
+    sock_path = tmp_path / "s.sock"
+    log = tmp_path / "access.log"
+    srv = server(
+        "stream {\n"
+        "  log_format st '$remote_addr $status';\n"
+        f"  access_log {log} st;\n"
+        f"  server {{ listen 127.0.0.1:{port} proxy_protocol; proxy_pass {be.address};\n"
+        "    set_real_ip_from 127.0.0.0/8;\n"
+        "    deny 192.0.2.0/24; allow all;\n"
+        "  }\n"
+        f"  server {{ listen unix:{sock_path}; proxy_pass {be.address};\n"
+        "    allow 127.0.0.1; deny unix:;\n"
+        "  }\n"
+        "}\n"
+    )
+    with client("127.0.0.1", port, source=A) as s:
+        s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 80\r\n")
+        assert recv_all(s, reset_ok=True) == b""
+    line = srv.wait_for_log("access forbidden by rule")
+    assert "client: 192.0.2.7, server: 127.0.0.1:" in line, line
+    with client("127.0.0.1", port, source=A) as s:
+        s.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 80\r\n")
+        assert recv_until(s, b"\n") == b"HI\n"
+    with client_unix(sock_path) as s:
+        assert recv_all(s, reset_ok=True) == b""
+    srv.wait_for_log(r"access forbidden by rule while initializing session, client: unix:")
+    assert len(be.connections) == 1
+    assert _log_lines(log, 3) == ["192.0.2.7 403", "198.51.100.7 200", "unix: 403"]
