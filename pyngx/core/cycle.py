@@ -17,6 +17,7 @@ from pyngx.core import main_module
 from pyngx.core.log import ErrorLog, LogTarget, OpenFiles
 from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
+from pyngx.stream import access as stream_access
 from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
 from pyngx.stream import pitfalls
@@ -33,6 +34,7 @@ def build_registry() -> Registry:
     stream_upstream.register(reg)
     stream_resolver.register(reg)
     stream_health.register(reg)
+    stream_access.register(reg)  # allow/deny and the limit_conn directives
     return reg
 
 

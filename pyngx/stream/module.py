@@ -42,6 +42,7 @@ from pyngx.conf.values import (
 )
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
+from pyngx.stream import access as stream_access
 from pyngx.stream import tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
@@ -118,6 +119,8 @@ class StreamServer:
     # limit), and client datagrams after which the session stops taking new ones (0: none).
     responses: int | None = None
     requests: int = 0
+    # Called with the session when it ends (limit_conn gives its counts back).
+    on_finalize: tuple[Callable[[Any], None], ...] = ()
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -523,6 +526,7 @@ def build(
                 ssl_preread=srv.get("ssl_preread", False),
                 responses=srv.get("proxy_responses", None),
                 requests=srv.get("proxy_requests", 0),
+                **stream_access.phase_handlers(srv),
             )
         )
     for name, block in blocks.items():

@@ -854,6 +854,8 @@ class ClientSide(asyncio.Protocol):
         connecting = self.state == CONNECTING
         self.state = DONE
         self.status = status
+        for hook in self.server.on_finalize:
+            hook(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -171,6 +171,78 @@ CASES.update(
     }
 )
 
+# allow/deny and limit_conn (pyngx/stream/access.py, pyngx/stream/limit_conn.py).
+_LC = "stream {\n limit_conn_zone $binary_remote_addr zone=x:1m;\n"
+_SRV = " server { listen 127.0.0.1:1; proxy_pass 127.0.0.1:2;\n"
+CASES.update(
+    {
+        "access: invalid address": EVENTS + "stream {\n" + _SRV + " allow foo; } }\n",
+        "access: invalid v4 bits": EVENTS + "stream {\n" + _SRV + " deny 10.0.0.0/33; } }\n",
+        "access: invalid v6 bits": EVENTS + "stream {\n" + _SRV + " deny ::1/129; } }\n",
+        "access: netmask form": EVENTS + "stream {\n" + _SRV + " deny 10.0.0.0/255.0.0.0; } }\n",
+        "access: unix path": EVENTS + "stream {\n" + _SRV + " allow unix:/x; } }\n",
+        "access: two arguments": EVENTS + "stream {\n" + _SRV + " allow 1.2.3.4 all; } }\n",
+        "limit_conn: unknown zone": EVENTS + "stream {\n" + _SRV + " limit_conn x 1; } }\n",
+        "limit_conn: zero": EVENTS + _LC + _SRV + " limit_conn x 0; } }\n",
+        "limit_conn: not a number": EVENTS + _LC + _SRV + " limit_conn x abc; } }\n",
+        "limit_conn: too many": EVENTS + _LC + _SRV + " limit_conn x 65536; } }\n",
+        "limit_conn: duplicate": EVENTS + _LC + _SRV + " limit_conn x 1;\n limit_conn x 2; } }\n",
+        "limit_conn: log level": EVENTS + _LC + _SRV + " limit_conn_log_level crit; } }\n",
+        "limit_conn: dry run flag": EVENTS + _LC + _SRV + " limit_conn_dry_run maybe; } }\n",
+        "limit_conn_zone: bound twice": EVENTS
+        + _LC
+        + " limit_conn_zone $remote_addr zone=x:1m;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: size conflict": EVENTS
+        + _LC
+        + " limit_conn_zone $binary_remote_addr zone=x:2m;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: too small": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr zone=x:1k;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: no size": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr zone=x;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: bad size": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr zone=x:1q;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: no zone": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr zone=:1m;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: bad parameter": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr x;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: one argument": EVENTS
+        + "stream {\n limit_conn_zone $binary_remote_addr;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: unknown variable": EVENTS
+        + "stream {\n limit_conn_zone $nope zone=x:1m;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn_zone: in server": EVENTS
+        + "stream {\n"
+        + _SRV
+        + " limit_conn_zone $binary_remote_addr zone=x:1m; } }\n",
+        "limit_conn_zone: upstream zone of the name": EVENTS
+        + "stream {\n upstream u { zone x 64k; server 127.0.0.1:3; }\n"
+        + " limit_conn_zone $binary_remote_addr zone=x:1m;\n"
+        + _SRV
+        + " } }\n",
+        "limit_conn: zone of an upstream": EVENTS
+        + "stream {\n upstream u { zone x 64k; server 127.0.0.1:3; }\n"
+        + _SRV
+        + " limit_conn x 1; } }\n",
+    }
+)
+
 _EMERG = re.compile(r"\[emerg\] (?:\d+#\d+: )?(.*)")
 
 
