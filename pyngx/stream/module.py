@@ -42,7 +42,7 @@ from pyngx.conf.values import (
 )
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
-from pyngx.stream import tls
+from pyngx.stream import set_return, tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
 from pyngx.stream.resolver import ResolverConf, stream_resolver
@@ -113,6 +113,8 @@ class StreamServer:
     # Preaccess/access phase handlers (session -> None to go on, or the $status to end with),
     # in nginx's order; added by the modules that need them (limit_conn, set, access).
     access: tuple[Callable[[Any], int | None], ...] = ()
+    # `return value;`: the content handler instead of proxying (set_return.respond).
+    return_value: Callable[[Any], str] | None = None
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -137,9 +139,12 @@ def _stream(ctx: Context, node: Node) -> None:
             table.add(conf.name, holder.evaluate)
             maps.append((conf, holder))
     child.slots["maps"] = maps
+    declared = set_return.declare(node.block or [], table)  # geo, split_clients, set
     child.run(node.block or [])
     for conf, holder in maps:
         holder.compiled = CompiledMap(conf, table)
+    for compile_later in declared:
+        compile_later()
 
 
 def _map(ctx: Context, node: Node) -> None:
@@ -390,6 +395,7 @@ def register(reg: Registry) -> None:
     reg.add("proxy_next_upstream_tries", BOTH, number_slot("proxy_next_upstream_tries"))
     reg.add("proxy_next_upstream_timeout", BOTH, time_slot("proxy_next_upstream_timeout"))
     tls.register(reg, BOTH)
+    set_return.register(reg, STREAM, SERVER)
     reg.add("log_format", [STREAM], _log_format, TWOMORE)
     reg.add("access_log", BOTH, _access_log, ONEMORE)
     for name in (
@@ -453,7 +459,7 @@ def build(
             seen[key] = lo.where
         url = srv.local("proxy_pass")
         upstream_var = srv.local("proxy_pass_var")
-        if url is None and upstream_var is None:
+        if url is None and upstream_var is None and srv.local("return") is None:
             raise ConfigError(f"no handler for server in {where}")
         upstream = (
             _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
@@ -504,6 +510,8 @@ def build(
                 upstream_var=upstream_var,
                 groups=built,
                 ssl_preread=srv.get("ssl_preread", False),
+                access=set_return.preaccess(srv),
+                return_value=set_return.return_value(srv),
             )
         )
     for name, block in blocks.items():
