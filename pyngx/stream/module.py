@@ -43,7 +43,7 @@ from pyngx.conf.values import (
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
 from pyngx.stream import access as stream_access
-from pyngx.stream import tls
+from pyngx.stream import set_return, tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
 from pyngx.stream.resolver import ResolverConf, stream_resolver
@@ -121,6 +121,8 @@ class StreamServer:
     requests: int = 0
     # Called with the session when it ends (limit_conn gives its counts back).
     on_finalize: tuple[Callable[[Any], None], ...] = ()
+    # `return value;`: the content handler instead of proxying (set_return.respond).
+    return_value: Callable[[Any], str] | None = None
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -145,9 +147,12 @@ def _stream(ctx: Context, node: Node) -> None:
             table.add(conf.name, holder.evaluate)
             maps.append((conf, holder))
     child.slots["maps"] = maps
+    declared = set_return.declare(node.block or [], table)  # geo, split_clients, set
     child.run(node.block or [])
     for conf, holder in maps:
         holder.compiled = CompiledMap(conf, table)
+    for compile_later in declared:
+        compile_later()
 
 
 def _map(ctx: Context, node: Node) -> None:
@@ -410,6 +415,7 @@ def register(reg: Registry) -> None:
     reg.add("proxy_next_upstream_tries", BOTH, number_slot("proxy_next_upstream_tries"))
     reg.add("proxy_next_upstream_timeout", BOTH, time_slot("proxy_next_upstream_timeout"))
     tls.register(reg, BOTH)
+    set_return.register(reg, STREAM, SERVER)
     reg.add("log_format", [STREAM], _log_format, TWOMORE)
     reg.add("access_log", BOTH, _access_log, ONEMORE)
     for name in (
@@ -473,7 +479,7 @@ def build(
             seen[key] = lo.where
         url = srv.local("proxy_pass")
         upstream_var = srv.local("proxy_pass_var")
-        if url is None and upstream_var is None:
+        if url is None and upstream_var is None and srv.local("return") is None:
             raise ConfigError(f"no handler for server in {where}")
         upstream = (
             _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
@@ -491,9 +497,16 @@ def build(
         error_log = make_error_log(specs) if specs else main_error_log
         server_ssl = tls.build_server(srv, any(lo.ssl for lo in listens), where)
         proxy_ssl = tls.build_proxy(srv)
-        if proxy_ssl is not None and proxy_ssl.name is None and not url.text.startswith("unix:"):
-            # proxy_ssl_name defaults to the proxy_pass host (nginx's $proxy_host).
+        if (
+            proxy_ssl is not None
+            and proxy_ssl.name is None
+            and url is not None
+            and not url.text.startswith("unix:")
+        ):
+            # proxy_ssl_name defaults to the proxy_pass host (nginx's $proxy_host); with
+            # `proxy_pass $var` there is no fixed host, and no name is sent unless configured.
             proxy_ssl.name = url.host
+        phases = stream_access.phase_handlers(srv)
         servers.append(
             StreamServer(
                 index=index,
@@ -526,7 +539,10 @@ def build(
                 ssl_preread=srv.get("ssl_preread", False),
                 responses=srv.get("proxy_responses", None),
                 requests=srv.get("proxy_requests", 0),
-                **stream_access.phase_handlers(srv),
+                # Preaccess (set, then limit_conn) and access (allow/deny), in nginx's order.
+                access=(*set_return.preaccess(srv), *phases["access"]),
+                on_finalize=phases["on_finalize"],
+                return_value=set_return.return_value(srv),
             )
         )
     for name, block in blocks.items():

@@ -31,7 +31,7 @@ from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
-from pyngx.stream import tls
+from pyngx.stream import set_return, tls
 from pyngx.stream.upstream import UpstreamGroup, implicit_group
 from pyngx.upstream import Balancer, Peer, PickContext
 
@@ -187,6 +187,7 @@ class ClientSide(asyncio.Protocol):
         "tls",
         "handshake",
         "header_sent",
+        "vars",
     )
 
     def __init__(self, worker: Worker, server: StreamServer, listen: ListenOpts) -> None:
@@ -226,6 +227,7 @@ class ClientSide(asyncio.Protocol):
         self.tls: Any = None
         self.handshake: tls.Stepper | None = None
         self.header_sent = False
+        self.vars: dict[str, str] | None = None  # `set` values, created by the first `set`
 
     # -- accept ------------------------------------------------------------------------
 
@@ -345,6 +347,9 @@ class ClientSide(asyncio.Protocol):
 
     def _content(self) -> None:
         """After the PROXY header and TLS: read the ClientHello if asked, then proxy."""
+        if self.server.return_value is not None:
+            set_return.respond(self)  # `return`: no preread, no upstream
+            return
         if self.server.ssl_preread and not self.listen.ssl:
             self.state = PREREADING
             held = b"".join(self.pending) if self.pending else b""

@@ -243,6 +243,70 @@ CASES.update(
     }
 )
 
+# geo, split_clients, set, return (pyngx/stream/geo.py, split_clients.py, set_return.py).
+_RET = " server { listen 127.0.0.1:1; return x; }\n"
+CASES.update(
+    {
+        "split_clients over 100%": EVENTS
+        + "stream {\n split_clients $remote_addr $s {\n 60% a;\n 50% b;\n }\n"
+        + _RET
+        + "}\n",
+        "split_clients bad percent": EVENTS
+        + "stream {\n split_clients $remote_addr $s {\n 0% a;\n }\n"
+        + _RET
+        + "}\n",
+        "split_clients percent without %": EVENTS
+        + "stream {\n split_clients $remote_addr $s {\n 10 a;\n }\n"
+        + _RET
+        + "}\n",
+        "split_clients name without $": EVENTS
+        + "stream {\n split_clients $remote_addr s {\n * a;\n }\n"
+        + _RET
+        + "}\n",
+        "geo bad network": EVENTS + "stream {\n geo $g {\n 10.0.0.0/33 a;\n }\n" + _RET + "}\n",
+        "geo bad address": EVENTS + "stream {\n geo $g {\n 10.0.0.x a;\n }\n" + _RET + "}\n",
+        "geo three words": EVENTS + "stream {\n geo $g {\n 10.0.0.0/8 a b;\n }\n" + _RET + "}\n",
+        "geo bad range": EVENTS
+        + "stream {\n geo $g {\n ranges;\n 10.0.0.9-10.0.0.1 a;\n }\n"
+        + _RET
+        + "}\n",
+        "geo range without dash": EVENTS
+        + "stream {\n geo $g {\n ranges;\n 10.0.0.9 a;\n }\n"
+        + _RET
+        + "}\n",
+        "geo overlapping ranges": EVENTS
+        + "stream {\n geo $g {\n ranges;\n 10.0.0.1-10.0.0.9 a;\n 10.0.0.5-10.0.0.20 b;\n"
+        " }\n" + _RET + "}\n",
+        "geo ranges not first": EVENTS
+        + "stream {\n geo $g {\n default a;\n ranges;\n }\n"
+        + _RET
+        + "}\n",
+        "geo unknown source variable": EVENTS
+        + "stream {\n geo $nope $g {\n default a;\n }\n"
+        + _RET
+        + "}\n",
+        "geo over a built-in variable": EVENTS
+        + "stream {\n geo $remote_port {\n default a;\n }\n"
+        + _RET
+        + "}\n",
+        "set without $": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n set k v;\n return x; }\n}\n",
+        "set a built-in variable": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n set $remote_addr v;\n return x; }\n}\n",
+        "set with one arg": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n set $k;\n return x; }\n}\n",
+        "set unknown variable in value": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n set $k $nope;\n return x; }\n}\n",
+        "set outside server": EVENTS + "stream {\n set $k v;\n}\n",
+        "return with two args": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n return a b; }\n}\n",
+        "return duplicate": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n return a;\n return b; }\n}\n",
+        "return unknown variable": EVENTS
+        + "stream {\n server { listen 127.0.0.1:1;\n return $nope; }\n}\n",
+    }
+)
+
 _EMERG = re.compile(r"\[emerg\] (?:\d+#\d+: )?(.*)")
 
 
