@@ -12,9 +12,11 @@ import hashlib
 import imaplib
 import os
 import re
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import make_msgid
@@ -246,3 +248,32 @@ def test_proxy_protocol_on_listen_is_caught(
     # SMTP: the client waits for a greeting that never comes; pyngx gives up on the header.
     with client("127.0.0.1", smtp_port, source=CLIENT) as sock:
         assert recv_all(sock, timeout=10, reset_ok=True) == b""
+
+
+def test_swaks_delivers_through_pyngx(
+    smtp_front: int, postfix: Postfix, mail_store: MailStore
+) -> None:
+    """A second, independent SMTP client (the one mail admins test servers with)."""
+    if shutil.which("swaks") is None:
+        pytest.skip("swaks is not installed")
+    mark = postfix.log_mark()
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server", f"127.0.0.1:{smtp_front}",
+            "--local-interface", CLIENT,
+            "--from", "sender@example.org",
+            "--to", f"erin@{DOMAIN}",
+            "--header", "Subject: sent by swaks",
+            "--timeout", "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  220 mail.example.test ESMTP" in result.stdout, result.stdout
+    [path] = mail_store.wait_for_messages("erin", 1)
+    assert b"Subject: sent by swaks" in path.read_bytes()
+    postfix.wait_for_log(r"connect from unknown\[127\.0\.0\.23\]", timeout=10, since=mark)
