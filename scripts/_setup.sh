@@ -8,8 +8,9 @@ PYNGX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYNGX_VENV="$PYNGX_ROOT/.venv"
 
 # Debian packages the test suite drives. Extend this list as tests need more programs;
-# postfix is already preseeded below ("No configuration") so it can be added non-interactively.
-PYNGX_DEBIAN_PACKAGES="nginx libnginx-mod-stream curl openssl socat iproute2"
+# postfix is preseeded below ("No configuration"), and policy-rc.d keeps the packaged
+# services (nginx, dovecot, postfix) from starting: tests run their own instances.
+PYNGX_DEBIAN_PACKAGES="nginx libnginx-mod-stream curl openssl socat iproute2 dovecot-imapd postfix swaks"
 
 pyngx_log() {
     echo "${0##*/}: $*" >&2
@@ -43,7 +44,7 @@ pyngx_apt_install() {
     pyngx_log "installing Debian packages: $missing"
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    # Keep the packages' own services (nginx on port 80, later postfix/dovecot) from starting:
+    # Keep the packages' own services (nginx on port 80, postfix, dovecot) from starting:
     # the tests start their own instances on free ports.
     if [ ! -e "$policy_rc_d" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy_rc_d" && chmod 755 "$policy_rc_d" && created_policy=1
