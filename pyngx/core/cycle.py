@@ -20,6 +20,7 @@ from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
 from pyngx.stream import access as stream_access
 from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
+from pyngx.stream import pass_module as stream_pass
 from pyngx.stream import pitfalls
 from pyngx.stream import resolver as stream_resolver
 from pyngx.stream import upstream as stream_upstream
@@ -32,6 +33,7 @@ def build_registry() -> Registry:
     main_module.register(reg)
     stream_module.register(reg)
     stream_upstream.register(reg)
+    stream_pass.register(reg)
     stream_resolver.register(reg)
     stream_health.register(reg)
     stream_access.register(reg)  # allow/deny and the limit_conn directives

@@ -43,7 +43,7 @@ from pyngx.conf.values import (
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
 from pyngx.stream import access as stream_access
-from pyngx.stream import set_return, tls
+from pyngx.stream import pass_module, set_return, tls
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.map import CompiledMap, MapConf, MapHolder, parse_map_block
 from pyngx.stream.resolver import ResolverConf, stream_resolver
@@ -123,6 +123,8 @@ class StreamServer:
     on_finalize: tuple[Callable[[Any], None], ...] = ()
     # `return value;`: the content handler instead of proxying (set_return.respond).
     return_value: Callable[[Any], str] | None = None
+    # `pass address;`: hand the connection to another listen of this configuration.
+    pass_to: Callable[[Any], str] | None = None
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -479,7 +481,12 @@ def build(
             seen[key] = lo.where
         url = srv.local("proxy_pass")
         upstream_var = srv.local("proxy_pass_var")
-        if url is None and upstream_var is None and srv.local("return") is None:
+        if (
+            url is None
+            and upstream_var is None
+            and srv.local("return") is None
+            and srv.local("pass") is None
+        ):
             raise ConfigError(f"no handler for server in {where}")
         upstream = (
             _resolve_upstream(url, srv.locations["proxy_pass"], blocks, built, resolver)
@@ -543,6 +550,7 @@ def build(
                 access=(*set_return.preaccess(srv), *phases["access"]),
                 on_finalize=phases["on_finalize"],
                 return_value=set_return.return_value(srv),
+                pass_to=pass_module.target(srv),
             )
         )
     for name, block in blocks.items():

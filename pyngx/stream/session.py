@@ -31,7 +31,7 @@ from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
-from pyngx.stream import set_return, tls
+from pyngx.stream import pass_module, set_return, tls
 from pyngx.stream.upstream import UpstreamGroup, implicit_group
 from pyngx.upstream import Balancer, Peer, PickContext
 
@@ -360,7 +360,7 @@ class ClientSide(asyncio.Protocol):
             if held:
                 self._preread(b"")
             return
-        self.connect_upstream()
+        self._proxy_or_pass()
 
     def _preread(self, data: bytes) -> None:
         buf = self.pending
@@ -386,7 +386,67 @@ class ClientSide(asyncio.Protocol):
             self.timer = None
         held = bytes(self.pending) if self.pending else b""
         self.pending = [held] if held else None
-        self.connect_upstream()
+        self._proxy_or_pass()
+
+    def _proxy_or_pass(self) -> None:
+        if self.server.pass_to is not None:
+            self._pass()
+        else:
+            self.connect_upstream()
+
+    def _pass(self) -> None:
+        """`pass`: a session of the target server adopts this connection (pass_module)."""
+        text = self.server.pass_to(self)  # type: ignore[misc]
+        found = pass_module.find_listener(self.worker.groups, text)
+        if found is None:
+            self.log(ERROR, f'no listening socket found for "{text}" to pass the connection to')
+            self.finalize(STATUS_INTERNAL)
+            return
+        server, listen = found
+        held = b"".join(self.pending) if self.pending else b""
+        # This session ends here as nginx ends it (logged, limits released), but the
+        # connection stays open: it now belongs to the target's session.
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for hook in self.server.on_finalize:
+            hook(self)
+        for log in self.server.access_logs:
+            log.write(self)
+        self.worker.sessions.discard(self)
+        ClientSide(self.worker, server, listen).adopt(self, held)
+
+    def adopt(self, origin: ClientSide, held: bytes) -> None:
+        """Take over `origin`'s connection: its client address (after realip), its TLS, and
+        the bytes it read but did not use."""
+        transport = origin.transport
+        self.transport = transport
+        transport.set_protocol(self)
+        w = self.worker
+        self.conn_id = w.next_connection_id()
+        self.start = self.last_activity = self.loop.time()
+        w.sessions.add(self)
+        self.family = origin.family
+        self.remote_addr, self.remote_port = origin.remote_addr, origin.remote_port
+        self.server_addr, self.server_port = self.listen.addr.host, self.listen.addr.port
+        self.pp, self.tls = origin.pp, origin.tls
+        if self.listen.proxy_protocol:
+            self.state = READING_PROXY_HEADER
+            self.pending = bytearray()
+            self.timer = self.loop.call_later(self.server.proxy_protocol_timeout, self._on_timer)
+            if held:
+                self.data_received(held)
+            return
+        self._after_accept()
+        if not held or self.state == DONE:
+            return
+        if self.state == HANDSHAKING:
+            # start_tls has put its SSL protocol on the transport; it starts in the next loop
+            # turn, and the bytes go to it just after.
+            self.loop.call_soon(pass_module.feed_tls, transport.get_protocol(), held)
+        else:
+            self.data_received(held)
 
     def _pick_group(self) -> UpstreamGroup | None:
         """The group for this session: the configured one, or `proxy_pass $variable`'s."""
