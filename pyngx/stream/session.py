@@ -32,6 +32,7 @@ from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
 from pyngx.stream import pass_module, set_return, tls
+from pyngx.stream.session_log import SessionLog, peer_text
 from pyngx.stream.upstream import UpstreamGroup, implicit_group
 from pyngx.upstream import Balancer, Peer, PickContext
 
@@ -85,10 +86,6 @@ def _upstream_tls_error(exc: BaseException, name: str | None) -> str:
     return "peer closed connection in SSL handshake"
 
 
-def _peer_text(host: str, port: int | None) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
     if family == socket.AF_UNIX:
         return (f"unix:{addr}" if addr else "unix:"), None
@@ -137,7 +134,7 @@ class UpstreamSide(asyncio.Protocol):
         self.session.resume(self.session.transport, "flow")
 
 
-class ClientSide(asyncio.Protocol):
+class ClientSide(SessionLog, asyncio.Protocol):
     """The accepted client connection and the state of the whole session."""
 
     __slots__ = (
@@ -666,7 +663,7 @@ class ClientSide(asyncio.Protocol):
         if log.max_level >= INFO:
             local = transport.get_extra_info("sockname")
             local_text = (
-                f"unix:{local}" if isinstance(local, str) else _peer_text(local[0], local[1])
+                f"unix:{local}" if isinstance(local, str) else peer_text(local[0], local[1])
             )
             log.log(INFO, f"proxy {local_text} connected to {self.tried[-1]}", self.conn_id)
         try:
@@ -962,37 +959,6 @@ class ClientSide(asyncio.Protocol):
         self.transport.abort()
 
     # -- logging and variables -------------------------------------------------------
-
-    def log(self, level: int, message: str) -> None:
-        log = self.server.error_log
-        if log.enabled(level):
-            log.log(level, message, self.conn_id, self.log_context())
-
-    def log_context(self) -> str:
-        text = f", client: {self.remote_addr}, server: {self.server_text()}"
-        if self.tried:
-            text += (
-                f', upstream: "{self.tried[-1]}", bytes from/to client:'
-                f"{self.bytes_received}/{self.bytes_sent}, bytes from/to upstream:"
-                f"{self.up_received}/{self.up_sent}"
-            )
-        return text
-
-    def peer_text(self) -> str:
-        return _peer_text(self.remote_addr, self.remote_port)
-
-    def server_text(self) -> str:
-        if self.family == socket.AF_UNIX:
-            return self.server_addr
-        if self.family == socket.AF_INET6:
-            return f"[{self.server_addr}]:{self.server_port}"
-        return f"{self.server_addr}:{self.server_port}"
-
-    def session_time(self) -> float:
-        return self.loop.time() - self.start
-
-    def upstream_addr_text(self) -> str | None:
-        return ", ".join(self.tried) if self.tried else None
 
     def upstream_stat(self, what: str) -> str | None:
         """$upstream_* values, one per try as nginx lists them.

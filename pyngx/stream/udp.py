@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ERROR, INFO
 from pyngx.protocols import proxy_protocol as pp
+from pyngx.stream.session_log import SessionLog, peer_text
 from pyngx.upstream import Balancer, Peer, PickContext
 
 if TYPE_CHECKING:
@@ -44,10 +45,6 @@ MAX_DATAGRAM = 65535
 
 def _strerror(code: int) -> str:
     return f"({code}: {os.strerror(code)})"
-
-
-def _peer_text(host: str, port: int | None) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -103,8 +100,10 @@ async def serve(worker: Worker, group: ListenGroup, sock: socket.socket) -> UdpL
 ACTIVE, DONE = 1, 2
 
 
-class UdpSession:
+class UdpSession(SessionLog):
     """The datagrams of one client address and the connected socket to its upstream peer."""
+
+    CLIENT_LABEL = "udp client"
 
     __slots__ = (
         "listener",
@@ -252,7 +251,7 @@ class UdpSession:
         log = self.server.error_log
         if log.max_level >= INFO:
             local = sock.getsockname()
-            local_text = local if isinstance(local, str) else _peer_text(local[0], local[1])
+            local_text = local if isinstance(local, str) else peer_text(local[0], local[1])
             log.log(INFO, f"udp proxy {local_text} connected to {self.tried[-1]}", self.conn_id)
         version = self.server.proxy_protocol
         if version:
@@ -411,35 +410,6 @@ class UdpSession:
         log = self.server.error_log
         if log.enabled(level):
             log.log(level, message, self.conn_id)
-
-    def log(self, level: int, message: str) -> None:
-        log = self.server.error_log
-        if log.enabled(level):
-            log.log(level, message, self.conn_id, self.log_context())
-
-    def log_context(self) -> str:
-        text = f", udp client: {self.remote_addr}, server: {self.server_text()}"
-        if self.tried:
-            text += (
-                f', upstream: "{self.tried[-1]}", bytes from/to client:'
-                f"{self.bytes_received}/{self.bytes_sent}, bytes from/to upstream:"
-                f"{self.up_received}/{self.up_sent}"
-            )
-        return text
-
-    def peer_text(self) -> str:
-        return _peer_text(self.remote_addr, self.remote_port)
-
-    def server_text(self) -> str:
-        if self.family == socket.AF_INET6:
-            return f"[{self.server_addr}]:{self.server_port}"
-        return f"{self.server_addr}:{self.server_port}"
-
-    def session_time(self) -> float:
-        return self.loop.time() - self.start
-
-    def upstream_addr_text(self) -> str | None:
-        return ", ".join(self.tried) if self.tried else None
 
     def upstream_stat(self, what: str) -> str | None:
         """$upstream_*: failed connect() tries show "-" (0 bytes), as for TCP sessions."""
