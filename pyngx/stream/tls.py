@@ -36,6 +36,7 @@ from pyngx.conf.registry import (
     str_slot,
     time_slot,
 )
+from pyngx.conf.variables import VariableTable, compile_complex, has_variables
 
 _VERSIONS = {
     "SSLv2": None,  # no TLSVersion for it: accepted as nginx accepts it, never enabled
@@ -226,6 +227,48 @@ def _on_sni(obj: Any, name: str | None, ctx: ssl.SSLContext) -> None:
     obj.pyngx_sni = name
 
 
+class _CertificateBySni:
+    """`ssl_certificate` with variables (`$ssl_server_name`): the certificate is chosen when
+    the client's server name is known, loaded once per resulting file pair and cached, as
+    nginx loads such certificates at handshake time."""
+
+    def __init__(
+        self,
+        make_context: Callable[[], ssl.SSLContext],
+        static: list[tuple[str, str]],
+        dynamic: list[tuple[str, str]],
+    ) -> None:
+        table = VariableTable()
+        table.add("ssl_server_name", lambda name: name)
+        self.make_context = make_context
+        self.static = static
+        self.dynamic = [(compile_complex(c, table), compile_complex(k, table)) for c, k in dynamic]
+        self.cache: dict[tuple[tuple[str, str], ...], ssl.SSLContext | None] = {}
+
+    def __call__(self, obj: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
+        _on_sni(obj, name, ctx)
+        server_name = name or ""
+        files = tuple((cert(server_name), key(server_name)) for cert, key in self.dynamic)
+        chosen = self.cache.get(files, ctx)
+        if chosen is ctx:
+            chosen = self.make_context()
+            try:
+                for cert, key in [*self.static, *files]:
+                    _load_pair(chosen, cert, key)
+            except ConfigError:
+                chosen = None
+            if len(self.cache) < SNI_CONTEXT_CACHE:
+                self.cache[files] = chosen
+        if chosen is None:
+            # nginx fails the handshake when the certificate cannot be loaded.
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        obj.context = chosen
+        return None
+
+
+SNI_CONTEXT_CACHE = 1024
+
+
 def build_server(srv: Context, has_ssl_listen: bool, where: str) -> ServerSsl | None:
     """ngx_stream_ssl_merge_conf: a context for a server with certificates or `listen ssl`."""
     certs: list[str] = srv.get("ssl_certificate", [])
@@ -241,34 +284,45 @@ def build_server(srv: Context, has_ssl_listen: bool, where: str) -> ServerSsl | 
             f'no "ssl_certificate_key" is defined for certificate "{certs[len(keys)]}" and '
             f'the "listen ... ssl" directive in {where}'
         )
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _set_protocols(ctx, srv.get("ssl_protocols", DEFAULT_PROTOCOLS))
-    _set_ciphers(ctx, srv.get("ssl_ciphers", "HIGH:!aNULL:!MD5"), srv.where("ssl_ciphers"))
-    if srv.get("ssl_prefer_server_ciphers", False):
-        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    if not srv.get("ssl_session_tickets", True):
-        ctx.options |= ssl.OP_NO_TICKET
-    for cert, key in zip(certs, keys, strict=False):
-        _load_pair(ctx, cert, key)
-    alpn = srv.get("ssl_alpn", None)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
+
+    def make_context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        _set_protocols(ctx, srv.get("ssl_protocols", DEFAULT_PROTOCOLS))
+        _set_ciphers(ctx, srv.get("ssl_ciphers", "HIGH:!aNULL:!MD5"), srv.where("ssl_ciphers"))
+        if srv.get("ssl_prefer_server_ciphers", False):
+            ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        if not srv.get("ssl_session_tickets", True):
+            ctx.options |= ssl.OP_NO_TICKET
+        alpn = srv.get("ssl_alpn", None)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        if verify != "off":
+            ctx.verify_mode = VERIFY_MODES[verify]
+            for path in (client_ca, srv.get("ssl_trusted_certificate", None)):
+                if path is None:
+                    continue
+                try:
+                    ctx.load_verify_locations(path)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(
+                        f'SSL_CTX_load_verify_locations("{path}") failed {_ssl_reason(exc)}'
+                    ) from None
+        return ctx
+
     verify = srv.get("ssl_verify_client", "off")
-    if verify != "off":
-        client_ca = srv.get("ssl_client_certificate", None)
-        if client_ca is None and verify != "optional_no_ca":
-            raise ConfigError(f"no ssl_client_certificate for ssl_verify_client in {where}")
-        ctx.verify_mode = VERIFY_MODES[verify]
-        for path in (client_ca, srv.get("ssl_trusted_certificate", None)):
-            if path is None:
-                continue
-            try:
-                ctx.load_verify_locations(path)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    f'SSL_CTX_load_verify_locations("{path}") failed {_ssl_reason(exc)}'
-                ) from None
-    ctx.sni_callback = _on_sni
+    client_ca = srv.get("ssl_client_certificate", None)
+    if verify != "off" and client_ca is None and verify != "optional_no_ca":
+        raise ConfigError(f"no ssl_client_certificate for ssl_verify_client in {where}")
+    pairs = list(zip(certs, keys, strict=False))
+    static = [(c, k) for c, k in pairs if not has_variables(c) and not has_variables(k)]
+    dynamic = [(c, k) for c, k in pairs if (c, k) not in static]
+    ctx = make_context()
+    for cert, key in static:
+        _load_pair(ctx, cert, key)
+    if dynamic:
+        ctx.sni_callback = _CertificateBySni(make_context, static, dynamic)
+    else:
+        ctx.sni_callback = _on_sni
     return ServerSsl(ctx, srv.get("ssl_handshake_timeout", 60.0), verify)
 
 

@@ -385,3 +385,44 @@ def test_certificate_reload_on_hup(
     while fingerprint() == before:
         assert time.monotonic() < deadline, "the old certificate is still served"
         time.sleep(0.1)
+
+
+def test_certificate_chosen_by_server_name_variable(
+    pyngx: ServerFactory, backend: BackendFactory, tmp_path: Path
+) -> None:
+    """`ssl_certificate certs/$ssl_server_name.crt;` loads the certificate per server name."""
+    ca = trustme.CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    prints = {}
+    for name in ("a.test", "b.test"):
+        issued = ca.issue_cert(name)
+        issued.cert_chain_pems[0].write_to_path(str(certs / f"{name}.crt"))
+        issued.private_key_pem.write_to_path(str(certs / f"{name}.key"))
+        prints[name] = hashlib.sha256(
+            ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+        ).hexdigest()
+    b = backend(mode="echo")
+    port = free_port()
+    pyngx(
+        f"stream {{ server {{ listen 127.0.0.1:{port} ssl;\n"
+        f"  ssl_certificate {certs}/$ssl_server_name.crt;\n"
+        f"  ssl_certificate_key {certs}/$ssl_server_name.key;\n"
+        f"  proxy_pass {b.address}; }} }}\n"
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(ctx)
+    for name in ("a.test", "b.test", "a.test"):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None and hashlib.sha256(der).hexdigest() == prints[name]
+            tls.sendall(b"x")
+            assert tls.recv(1) == b"x"
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        ctx.wrap_socket(raw, server_hostname="nosuch.test")
