@@ -103,7 +103,12 @@ def load_cycle(
     except BaseException:
         files.close()
         raise
-    warnings = [*root.slots.get("__warnings__", []), *pitfalls.check(servers)]
+    stream_ctx = root.local("stream")
+    warnings = [
+        *root.slots.get("__warnings__", []),
+        *pitfalls.check(servers),
+        *pitfalls.check_preread_variables(stream_ctx.node if stream_ctx else None, servers),
+    ]
     return Cycle(paths, main, error_log, files, servers, parsed.files, warnings, checks)
 
 

@@ -6,6 +6,7 @@ make in front of mail servers, and is printed with the location like nginx's war
 
 from __future__ import annotations
 
+from pyngx.conf.parser import Node
 from pyngx.stream.module import StreamServer
 
 # Ports whose protocols start in plain text and upgrade with STARTTLS: TLS from the first
@@ -33,3 +34,27 @@ def check(servers: list[StreamServer]) -> list[str]:
                     f'through without "ssl", in {lo.where}'
                 )
     return warnings
+
+
+def check_preread_variables(stream: Node | None, servers: list[StreamServer]) -> list[str]:
+    """`$ssl_preread_*` used where no server reads the ClientHello: always empty."""
+    if stream is None or any(srv.ssl_preread for srv in servers):
+        return []
+    for node in _walk(stream.block or []):
+        for arg in [node.name, *node.args]:
+            if "$ssl_preread_" in arg or "${ssl_preread_" in arg:
+                return [
+                    f'"{arg}" uses $ssl_preread_* variables but no server has "ssl_preread on":'
+                    " they stay empty (a map on them always gives its default), in "
+                    f"{node.file}:{node.line}"
+                ]
+    return []
+
+
+def _walk(nodes: list[Node]) -> list[Node]:
+    out: list[Node] = []
+    for node in nodes:
+        out.append(node)
+        if node.block:
+            out.extend(_walk(node.block))
+    return out

@@ -290,3 +290,19 @@ def test_warns_about_listen_proxy_protocol_without_trusted_senders(tmp_path: Pat
     )
     r = pyngx("-t", "-p", str(tmp_path), "-c", str(trusted))
     assert "[warn]" not in r.stderr
+
+
+def test_warns_about_preread_variables_without_ssl_preread(tmp_path: Path) -> None:
+    body = (
+        "stream {\n  map $ssl_preread_server_name $b {\n    default 127.0.0.1:2;\n  }\n"
+        "  server {\n    listen 127.0.0.1:2443;\n    {preread}proxy_pass $b;\n  }\n}\n"
+    )
+    conf = write_conf(tmp_path, body.replace("{preread}", ""))
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert re.search(
+        rf"\[warn\] .*no server has \"ssl_preread on\".* in {re.escape(str(conf))}:5\n", r.stderr
+    ), r.stderr
+    conf = write_conf(tmp_path, body.replace("{preread}", "ssl_preread on; "))
+    r = pyngx("-t", "-p", str(tmp_path), "-c", str(conf))
+    assert "[warn]" not in r.stderr, r.stderr
