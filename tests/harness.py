@@ -894,6 +894,21 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
         sock.settimeout(old)
 
 
+def read_banner(sock: socket.socket) -> str:
+    """The first line a backend sent through the proxy ("A", "220 ok", ...), or "" when the
+    connection was closed (or reset) before a full line: a refused or failed session."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(16)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data.decode().strip()
+
+
 def recv_all(sock: socket.socket, timeout: float = 5.0, *, reset_ok: bool = False) -> bytes:
     """Receive until EOF. With reset_ok, a connection reset also counts as the end."""
     old = sock.gettimeout()

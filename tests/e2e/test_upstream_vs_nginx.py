@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import Backend, ServerProcess, client, free_port
+from tests.harness import Backend, ServerProcess, client, free_port, read_banner
 
 BackendFactory = Callable[..., Backend]
 
@@ -89,23 +89,9 @@ def visit(port: int, source: str = CLIENT, *, src_port: int = 0) -> str:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((source, src_port))
         sock.connect(("127.0.0.1", port))
-        return greeting(sock)
+        return read_banner(sock)
     finally:
         sock.close()
-
-
-def greeting(sock: socket.socket) -> str:
-    """The banner line of the backend behind `sock`, or "" if the server closed it first."""
-    data = b""
-    try:
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(16)
-            if not chunk:
-                break
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data.decode().strip()
 
 
 @contextmanager
@@ -116,7 +102,7 @@ def holding(port: int) -> Iterator[Callable[[], str]]:
     def open_one() -> str:
         s = client("127.0.0.1", port, source=CLIENT)
         socks.append(s)
-        return greeting(s)
+        return read_banner(s)
 
     try:
         yield open_one
@@ -437,7 +423,7 @@ def test_upstream_variables_across_retries(
         out = []
         for i in range(4):
             with client("127.0.0.1", port, source=CLIENT) as c:
-                name = greeting(c)
+                name = read_banner(c)
                 if name:
                     c.sendall(b"x" * (i + 1))
                     # the backend records it; wait so that the byte counts are deterministic

@@ -19,7 +19,7 @@ import pytest
 
 from pyngx.protocols import dns
 from tests.conftest import ServerFactory
-from tests.harness import Backend, client, free_port, run_pyngx
+from tests.harness import Backend, client, free_port, read_banner, run_pyngx
 
 BackendFactory = Callable[..., Backend]
 NAME = "mail.test"
@@ -81,16 +81,7 @@ def responder() -> Iterator[DnsResponder]:
 def visit(port: int) -> str:
     """The backend's banner ("A" or "B"), or "" when the proxy closed (502)."""
     with client("127.0.0.1", port) as c:
-        data = b""
-        try:
-            while not data.endswith(b"\n"):
-                chunk = c.recv(16)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError:
-            pass
-        return data.decode().strip()
+        return read_banner(c)
 
 
 def wait_visit(port: int, want: str, timeout: float) -> None:

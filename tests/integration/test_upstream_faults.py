@@ -8,36 +8,21 @@ is tested separately with a held connection.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import Backend, client, free_port, recv_all
+from tests.harness import Backend, client, free_port, read_banner, recv_all
 
 BackendFactory = Callable[..., Backend]
 CLIENT = "127.0.0.23"
 
 
-def greeting(sock: socket.socket) -> str:
-    """The backend's banner line ("A", "B", ...), or "" if the proxy closed the connection."""
-    data = b""
-    try:
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(16)
-            if not chunk:
-                break
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data.decode().strip()
-
-
 def visit(port: int) -> str:
     with client("127.0.0.1", port, source=CLIENT) as c:
-        return greeting(c)
+        return read_banner(c)
 
 
 def group_conf(port: int, backends: list[Backend], params: str) -> str:
@@ -104,7 +89,7 @@ def test_backend_dies_under_a_held_session(pyngx: ServerFactory, backend: Backen
     port = free_port()
     pyngx(group_conf(port, [a, b], "max_fails=1 fail_timeout=10s"))
     with client("127.0.0.1", port, source=CLIENT) as held:
-        assert greeting(held) == "A"
+        assert read_banner(held) == "A"
         a.close()
         assert recv_all(held, timeout=5, reset_ok=True) == b""
     # The held session does not count as a failure (its connect had succeeded). Round robin
