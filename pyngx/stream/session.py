@@ -48,6 +48,8 @@ WRITE_LOW_WATER = 64 * 1024
 # States of a session.
 READING_PROXY_HEADER, CONNECTING, RELAYING, DONE, HANDSHAKING, PREREADING = range(6)
 
+MAX_PASSES = 8
+
 STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 500, 502
 
 
@@ -146,6 +148,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         "upstream",
         "balancer",
         "group",
+        "passes",
         "client_hello",
         "state",
         "conn_id",
@@ -206,6 +209,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         # while the session runs, and retries and free() must go to the one that gave the peer.
         self.balancer: Balancer | None = None
         self.group: UpstreamGroup | None = None
+        self.passes = 0
         self.client_hello: tls_client_hello.ClientHello | None = None
         self.next_started = 0.0
         self.connect_task: asyncio.Task[Any] | None = None
@@ -400,6 +404,11 @@ class ClientSide(SessionLog, asyncio.Protocol):
             self.finalize(STATUS_INTERNAL)
             return
         server, listen = found
+        if self.passes >= MAX_PASSES:
+            # A `pass` that leads back to itself would hand the connection round forever.
+            self.log(ERROR, f'too many "pass" hops to "{text}"')
+            self.finalize(STATUS_INTERNAL)
+            return
         held = b"".join(self.pending) if self.pending else b""
         # This session ends here as nginx ends it (logged, limits released), but the
         # connection stays open: it now belongs to the target's session.
@@ -419,6 +428,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         the bytes it read but did not use."""
         transport = origin.transport
         self.transport = transport
+        self.passes = origin.passes + 1
         transport.set_protocol(self)
         w = self.worker
         self.conn_id = w.next_connection_id()

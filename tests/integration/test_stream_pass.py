@@ -98,3 +98,13 @@ def test_pass_to_an_unknown_address_is_an_error_for_that_connection(
     with client("127.0.0.1", front) as c:
         assert c.recv(10) == b""
     srv.wait_for_log("no listening socket found")
+
+
+def test_pass_to_itself_ends_that_connection_only(pyngx: ServerFactory) -> None:
+    front = free_port()
+    srv = pyngx(f"stream {{ server {{ listen 127.0.0.1:{front}; pass 127.0.0.1:{front}; }} }}\n")
+    for _ in range(3):
+        with client("127.0.0.1", front) as c:
+            assert c.recv(10) == b""
+    srv.wait_for_log('too many "pass" hops')
+    assert "[alert]" not in srv.error_log_text()
