@@ -9,6 +9,7 @@ and reload all fail the same way and a running server keeps its old cycle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyngx.conf.errors import COMMAND_LINE, ConfigError, DirectiveValueError
 from pyngx.conf.parser import parse_config, parse_string
@@ -17,6 +18,8 @@ from pyngx.core import main_module
 from pyngx.core.log import ErrorLog, LogTarget, OpenFiles
 from pyngx.core.main_module import ErrorLogSpec, MainConf
 from pyngx.core.paths import DEFAULT_ERROR_LOG, DEFAULT_PID_PATH, Paths
+from pyngx.http import module as http_module
+from pyngx.http.modules import register_http
 from pyngx.stream import access as stream_access
 from pyngx.stream import health as stream_health
 from pyngx.stream import module as stream_module
@@ -37,6 +40,7 @@ def build_registry() -> Registry:
     stream_resolver.register(reg)
     stream_health.register(reg)
     stream_access.register(reg)  # allow/deny and the limit_conn directives
+    register_http(reg)
     return reg
 
 
@@ -54,6 +58,11 @@ class Cycle:
     warnings: list[str] = field(default_factory=list)
     # Active health checks (pyngx/stream/health.py); each worker runs its own.
     health_checks: list[HealthCheck] = field(default_factory=list)
+    http: http_module.HttpConf | None = None
+
+    def listen_targets(self) -> list[Any]:
+        """Everything with `listens` that core.listening.plan turns into sockets."""
+        return [*self.stream_servers, *(self.http.ports if self.http else ())]
 
     @property
     def pid_path(self) -> str:
@@ -100,6 +109,10 @@ def load_cycle(
         if stream is not None:
             servers = stream_module.build(stream, open_file, make_error_log, error_log)
             checks = stream_health.build(stream, servers)
+        http_conf = None
+        http = root.local("http")
+        if http is not None:
+            http_conf = http_module.build(http, open_file, make_error_log, error_log, paths.full)
     except BaseException:
         files.close()
         raise
@@ -109,7 +122,7 @@ def load_cycle(
         *pitfalls.check(servers),
         *pitfalls.check_preread_variables(stream_ctx.node if stream_ctx else None, servers),
     ]
-    return Cycle(paths, main, error_log, files, servers, parsed.files, warnings, checks)
+    return Cycle(paths, main, error_log, files, servers, parsed.files, warnings, checks, http_conf)
 
 
 def _replace(main: MainConf, **changes: object) -> MainConf:

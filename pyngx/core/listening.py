@@ -43,7 +43,7 @@ def socket_key(opts: ListenOpts) -> tuple[Any, ...]:
     return (a.family, a.address, opts.reuseport, opts.ipv6only, opts.backlog, opts.udp)
 
 
-def plan(servers: list[StreamServer]) -> list[ListenGroup]:
+def plan(servers: list[Any]) -> list[ListenGroup]:
     """Group every `listen` into the sockets to bind."""
     targets: list[Target] = [(srv, lo) for srv in servers for lo in srv.listens]
     wildcards: dict[tuple[int, int | None], ListenGroup] = {}

@@ -69,7 +69,7 @@ class Generation:
 
 def bind_cycle(cycle: Cycle, table: SocketTable, *, startup: bool = False) -> Generation:
     """Open the cycle's sockets. At start-up, failures also go to the console, as nginx's do."""
-    groups = plan(cycle.stream_servers)
+    groups = plan(cycle.listen_targets())
 
     def log(level: int, message: str) -> None:
         if startup:

@@ -19,6 +19,8 @@ from typing import Any
 from pyngx.core.cycle import Cycle
 from pyngx.core.listening import ListenGroup
 from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
+from pyngx.http.connection import HttpConnection
+from pyngx.http.module import HttpPort
 from pyngx.stream import udp
 from pyngx.stream.health import HealthCheckers, start_health_checks
 from pyngx.stream.resolver import UpstreamResolvers, start_resolvers
@@ -100,6 +102,8 @@ class Worker:
         self.index = index
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.sessions: set[ClientSide] = set()
+        self.http = cycle.http
+        self.http_connections: set[HttpConnection] = set()
         # Groups made at run time for `proxy_pass $variable` addresses, kept so that their
         # balancer state (failures, round robin position) lasts across sessions.
         self.implicit_groups: dict[str, Any] = {}
@@ -125,12 +129,20 @@ class Worker:
 
     def over_connection_limit(self) -> bool:
         # nginx counts the client and the upstream connection of each session.
-        return len(self.sessions) * 2 + self.reserved_connections > self.worker_connections
+        used = len(self.sessions) * 2 + len(self.http_connections) + self.reserved_connections
+        return used > self.worker_connections
 
     def session_closed(self, session: ClientSide) -> None:
         self.sessions.discard(session)
         if self.draining and not self.sessions:
             self.loop.call_soon(self._stop_if_idle)  # not now: see graceful()
+
+    def http_connection_closed(self, conn: HttpConnection) -> None:
+        if self.draining and not self.http_connections:
+            self.loop.call_soon(self._stop_if_idle)
+
+    def worker_log(self, level: int, message: str) -> None:
+        self.cycle.error_log.log(level, message)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -167,7 +179,10 @@ class Worker:
                 self.servers.append(await udp.serve(self, group, sock))
                 continue
             factory = self._factory(group)
-            server = await loop.create_server(factory, sock=sock, backlog=group.opts.backlog)
+            ssl_ctx = self._http_ssl(group)
+            server = await loop.create_server(
+                factory, sock=sock, backlog=group.opts.backlog, ssl=ssl_ctx
+            )
             self.servers.append(server)
         self._start_flush_timers()
         await self._stopped
@@ -182,11 +197,23 @@ class Worker:
         self._flush_access_logs()
         return self.exit_code
 
-    def _factory(self, group: ListenGroup) -> Callable[[], ClientSide]:
+    def _factory(self, group: ListenGroup) -> Callable[[], Any]:
+        assert group.default is not None
+        target = group.default[0]
+        if isinstance(target, HttpPort):
+            by_addr = {host: t[0] for host, t in group.by_addr.items()} or None
+            return lambda: HttpConnection(self, target, by_addr)
         if group.by_addr:
             return lambda: DispatchingClientSide(self, group)
         server, listen = group.default  # type: ignore[misc]
         return lambda: ClientSide(self, server, listen)
+
+    def _http_ssl(self, group: ListenGroup) -> Any:
+        assert group.default is not None
+        target = group.default[0]
+        if isinstance(target, HttpPort) and target.ssl is not None:
+            return target.ssl
+        return None
 
     def _stop(self) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -208,6 +235,8 @@ class Worker:
         # still queued (uvloop calls it soon, not at accept), so it is not yet in `sessions`.
         # Every look at `sessions` from here on is a callback queued after this one, so after
         # that connection_made: stopping earlier would drop the client unserved.
+        for conn in list(self.http_connections):
+            conn.close_if_idle()
         self.loop.call_soon(self._stop_if_idle)
         timeout = self.cycle.main.worker_shutdown_timeout
         if timeout is not None:
@@ -219,10 +248,12 @@ class Worker:
         for s in list(self.sessions):
             s.log(INFO, "shutdown timeout while proxying connection")
             s.finalize(STATUS_OK)
+        for conn in list(self.http_connections):
+            conn.abort()
         self.fast()
 
     def _stop_if_idle(self) -> None:
-        if not self.sessions:
+        if not self.sessions and not self.http_connections:
             self._stop()
 
     def fast(self) -> None:
@@ -231,6 +262,9 @@ class Worker:
         for s in list(self.sessions):
             s.abort()
         self.sessions.clear()
+        for conn in list(self.http_connections):
+            conn.abort()
+        self.http_connections.clear()
         self._stop()
 
     def _stop_health_checks(self) -> None:
@@ -252,11 +286,17 @@ class Worker:
     def _start_flush_timers(self) -> None:
         """`access_log ... flush=time`: buffered lines never wait longer than that."""
         seen: set[int] = set()
-        for server in self.cycle.stream_servers:
-            for log in server.access_logs:
+        for log in self._all_access_logs():
+            if True:
                 if log.flush and id(log) not in seen:
                     seen.add(id(log))
                     self.loop.call_later(log.flush, self._flush_tick, log)
+
+    def _all_access_logs(self) -> list[Any]:
+        logs = [log for server in self.cycle.stream_servers for log in server.access_logs]
+        if self.http is not None:
+            logs.extend(self.http.access_logs)
+        return logs
 
     def _flush_tick(self, log: Any) -> None:
         log.flush_now()
@@ -267,8 +307,8 @@ class Worker:
         """Write out `access_log ... buffer=` lines, as nginx does on exit and before reopening
         (ngx_conf_flush_files, ngx_reopen_files): a stopping worker must not lose them."""
         seen: set[int] = set()
-        for server in self.cycle.stream_servers:
-            for log in server.access_logs:
+        for log in self._all_access_logs():
+            if True:
                 if id(log) not in seen:
                     seen.add(id(log))
                     log.flush_now()

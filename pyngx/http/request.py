@@ -1,0 +1,530 @@
+"""One HTTP request: nginx's phase engine, the header filter, special responses, the log phase.
+
+A request runs synchronously through its phases while it can (return, static files, errors:
+no task, no await); a content handler that must wait (the proxy) returns a coroutine, which
+runs as the request's one task. Responses go out through `send_head`/`send_body`/`finish`
+on the connection; `finalize(status)` is nginx's ngx_http_finalize_request: error pages,
+`error_page` redirects, 444, keepalive decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from pyngx import NGINX_COMPAT_VERSION
+from pyngx.core.log import ALERT, ERROR, INFO, NOTICE
+from pyngx.http.httpdate import http_date
+from pyngx.http.special_response import STATUS_LINES, error_page_body
+
+if TYPE_CHECKING:
+    from pyngx.http.connection import HttpConnection
+    from pyngx.http.module import LocationConf, ServerConf
+
+URI_CHANGES = 11  # nginx's NGX_HTTP_MAX_URI_CHANGES + 1
+SERVER_ON = f"Server: nginx/{NGINX_COMPAT_VERSION}\r\n"
+SERVER_OFF = "Server: nginx\r\n"
+# Statuses after which nginx does not keep the connection (ngx_http_special_response_handler).
+_CLOSE_AFTER = frozenset((400, 413, 414, 494, 495, 496, 497, 500, 501))
+_NO_BODY = frozenset((204, 304))
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+DONE = -1  # a handler's "the response is (being) sent, nothing to finalize"
+
+
+class _DateCache:
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        t = time.time()
+        s = int(t)
+        if s != self.second:
+            self.second = s
+            self.text = http_date(s)
+        return self.text
+
+
+DATE = _DateCache()
+
+
+class ResponseHead:
+    __slots__ = (
+        "headers",
+        "content_type",
+        "content_length",
+        "last_modified",
+        "etag",
+        "location",
+        "charset",
+        "accept_ranges",
+    )
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.content_type: str | None = None
+        self.content_length: int | None = None
+        self.last_modified: float | None = None
+        self.etag: str | None = None
+        self.location: str | None = None
+        self.charset: str | None = None
+        self.accept_ranges = False
+
+
+class Request:
+    __slots__ = (
+        "conn",
+        "srv",
+        "loc",
+        "method",
+        "uri",
+        "args",
+        "request_uri",
+        "request_line",
+        "version",
+        "headers",
+        "header_list",
+        "host",
+        "keepalive",
+        "framing",
+        "variables",
+        "captures",
+        "uri_changed",
+        "uri_changes",
+        "internal",
+        "status",
+        "out",
+        "return_body",
+        "start",
+        "header_sent",
+        "done",
+        "body_sent",
+        "bytes_sent",
+        "chunked",
+        "head_only",
+        "task",
+        "error_page_done",
+        "request_length",
+        "body",
+        "upstream",
+        "filename",
+        "on_abort",
+        "limit_state",
+        "extra",
+        "err_status",
+    )
+
+    def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
+        self.conn = conn
+        self.srv = srv
+        self.loc: LocationConf = srv.conf
+        self.variables: dict[str, str] = {}
+        self.captures: Any = None
+        self.uri_changed = False
+        self.uri_changes = URI_CHANGES
+        self.internal = False
+        self.status = 0
+        self.out = ResponseHead()
+        self.return_body: str | None = None
+        self.start = time.time()
+        self.header_sent = False
+        self.done = False
+        self.body_sent = 0
+        self.bytes_sent = 0
+        self.chunked = False
+        self.head_only = False
+        self.task: asyncio.Task[Any] | None = None
+        self.error_page_done = False
+        self.upstream: Any = None
+        self.filename: str | None = None
+        self.on_abort: Callable[[], None] | None = None
+        self.limit_state: Any = None
+        self.extra: dict[str, Any] | None = None
+        self.err_status = 0
+
+    # -- logging --------------------------------------------------------------------------
+
+    def log(self, level: int, message: str) -> None:
+        log = self.loc.error_log
+        if log.enabled(level):
+            log.log(level, message, self.conn.conn_id, self.log_context())
+
+    def log_notice(self, message: str) -> None:
+        self.log(NOTICE, message)
+
+    def log_context(self) -> str:
+        c = self.conn
+        text = f", client: {c.remote_addr}, server: {self.srv.names[0]}"
+        text += f', request: "{self.request_line}"'
+        up = self.upstream
+        if up is not None and getattr(up, "current", None):
+            text += f', upstream: "{up.current}"'
+        host = self.headers.get("host")
+        if host is not None:
+            text += f', host: "{host}"'
+        return text
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start processing at the server rewrite phase."""
+        try:
+            self._phases(server_rewrite=True)
+        except Exception as exc:  # a bug costs this request, never the worker
+            self._crashed(exc)
+
+    def _crashed(self, exc: BaseException) -> None:
+        self.conn.worker_log(ALERT, f"request failed: {type(exc).__name__}: {exc}")
+        if not self.header_sent:
+            self.finalize(500)
+        else:
+            self.conn.abort()
+
+    def _phases(self, *, server_rewrite: bool, find: bool = True) -> None:
+        if server_rewrite and self.srv.script is not None:
+            self.loc = self.srv.conf
+            st = self.srv.script.run(self)
+            if st is not None:
+                self.finalize(st)
+                return
+        while True:
+            if find:
+                st = self._find_location()
+                if st is not None:
+                    self.finalize(st)
+                    return
+            find = True
+            script = self.loc.script
+            if script is not None:
+                self.uri_changed = False
+                st = script.run(self)
+                if st is not None:
+                    self.finalize(st)
+                    return
+                if self.uri_changed:
+                    self.uri_changed = False
+                    self.uri_changes -= 1
+                    if self.uri_changes == 0:
+                        self.log(
+                            ERROR,
+                            f'rewrite or internal redirection cycle while processing "{self.uri}"',
+                        )
+                        self.finalize(500)
+                        return
+                    continue
+            break
+        loc = self.loc
+        for handler in loc.access_phase:
+            st = handler(self)
+            if st is not None:
+                if st == DONE:
+                    return
+                self.finalize(st)
+                return
+        self.content_phase()
+
+    def content_phase(self) -> None:
+        """try_files, then the content handler (also resumed by delayed access handlers)."""
+        loc = self.loc
+        if loc.try_files is not None:
+            from pyngx.http.static import try_files
+
+            st = try_files(self)
+            if st is not None:
+                if st != DONE:
+                    self.finalize(st)
+                return
+        handler = loc.content
+        if handler is None:
+            from pyngx.http.static import serve
+
+            handler = serve
+        result = handler(self)
+        if result is None or result == DONE:
+            return
+        if isinstance(result, int):
+            self.finalize(result)
+            return
+        self.task = asyncio.ensure_future(self._run_async(result))
+
+    async def _run_async(self, coro: Coroutine[Any, Any, int | None]) -> None:
+        try:
+            st = await coro
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._crashed(exc)
+            return
+        if st is not None and st != DONE:
+            self.finalize(st)
+
+    def _find_location(self) -> int | None:
+        srv = self.srv
+        found = srv.locations.find(self.uri)
+        if found is None:
+            self.loc = srv.conf
+        else:
+            conf, match = found
+            if conf is _REDIRECT_SLASH():
+                return self.redirect_slash()
+            self.loc = conf
+            if match is not None:
+                self.captures = match
+        loc = self.loc
+        if loc.internal and not self.internal:
+            return 404
+        cl = self.framing.content_length
+        if cl is not None and loc.client_max_body_size and cl > loc.client_max_body_size:
+            self.log(ERROR, f"client intended to send too large body: {cl} bytes")
+            self.keepalive = False
+            return 413
+        if not self.keepalive_allowed():
+            self.keepalive = False
+        return None
+
+    def keepalive_allowed(self) -> bool:
+        loc = self.loc
+        return loc.keepalive_timeout > 0 and self.conn.requests < loc.keepalive_requests
+
+    def redirect_slash(self) -> int:
+        self.out.location = self.uri + "/" + ("?" + self.args if self.args else "")
+        return 301
+
+    def internal_redirect(self, uri: str, args: str | None = None) -> None:
+        """nginx's ngx_http_internal_redirect: a new location search from server rewrite."""
+        self.uri_changes -= 1
+        if self.uri_changes == 0:
+            self.log(
+                ERROR,
+                f'rewrite or internal redirection cycle while internally redirecting to "{uri}"',
+            )
+            self.finalize(500)
+            return
+        self.uri = uri
+        if args is not None:
+            self.args = args
+        self.internal = True
+        self.variables = dict(self.variables)
+        self.captures = None
+        self.out = ResponseHead()
+        self._phases(server_rewrite=True)
+
+    def named_redirect(self, name: str) -> None:
+        conf = self.srv.locations.named(name)
+        if conf is None:
+            self.log(ERROR, f'could not find named location "{name}"')
+            self.finalize(500)
+            return
+        self.uri_changes -= 1
+        if self.uri_changes == 0:
+            self.log(
+                ERROR,
+                f'rewrite or internal redirection cycle while redirect to named location "{name}"',
+            )
+            self.finalize(500)
+            return
+        self.internal = True
+        self.loc = conf
+        self.out = ResponseHead()
+        self._phases(server_rewrite=False, find=False)
+
+    # -- finalize / special responses ------------------------------------------------------
+
+    def finalize(self, status: int) -> None:
+        """End the request with `status` when nothing was sent yet (nginx's special response)."""
+        if self.done:
+            return
+        if self.header_sent:
+            self.finish()
+            return
+        if status == 444:
+            self.status = 444
+            self.keepalive = False
+            self.conn.close_request(self, abort=True)
+            return
+        if status == 499:
+            self.status = 499
+            self.conn.close_request(self, abort=True)
+            return
+        if status in _CLOSE_AFTER:
+            self.keepalive = False
+        loc = self.loc
+        pages = loc.error_pages
+        # ngx_http_special_response_handler: one error_page per request unless recursive.
+        if pages and not self.error_page_done and self.uri_changes != 0:
+            self.error_page_done = not loc.recursive_error_pages
+            page = pages.get(status)
+            if page is not None and self._error_page(status, page[0], page[1]):
+                return
+        self.status = status
+        if self.return_body is not None and status not in _REDIRECTS:
+            body = self.return_body.encode("utf-8", "surrogateescape")
+            self.out.content_type = loc.default_type
+            self.send_response(status, body)
+            return
+        body = error_page_body(status, loc.server_tokens) if status >= 300 else None
+        if body is not None:
+            self.out.content_type = "text/html"
+        self.send_response(status, body or b"")
+
+    def _error_page(self, status: int, target: str, overwrite: int | None) -> bool:
+        from pyngx.http.error_page import run_error_page
+
+        return run_error_page(self, status, target, overwrite)
+
+    # -- response writing ------------------------------------------------------------------
+
+    def send_response(self, status: int, body: bytes) -> None:
+        """A whole response in one write (most responses)."""
+        self.status = status
+        out = self.out
+        if status in _NO_BODY or status < 200:
+            out.content_length = None
+            body = b""
+        else:
+            out.content_length = len(body)
+        head = self.build_head()
+        if self.method == "HEAD" or status in _NO_BODY:
+            data = head
+        else:
+            data = head + body
+            self.body_sent = len(body)
+        self.bytes_sent = len(data)
+        self.conn.write(data)
+        self.finish()
+
+    def send_head(self) -> None:
+        """The header only: the body follows through send_body (chunked when its length is
+        unknown and the client speaks HTTP/1.1)."""
+        out = self.out
+        if (
+            out.content_length is None
+            and self.version >= (1, 1)
+            and self.status not in _NO_BODY
+            and self.status >= 200
+            and self.method != "HEAD"
+        ):
+            if self.loc.chunked:
+                self.chunked = True
+            else:
+                self.keepalive = False
+        elif out.content_length is None and self.method != "HEAD":
+            self.keepalive = False
+        head = self.build_head()
+        self.bytes_sent += len(head)
+        self.conn.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        if self.method == "HEAD" or not data:
+            return
+        self.body_sent += len(data)
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.bytes_sent += len(data)
+        self.conn.write(data)
+
+    def finish(self) -> None:
+        """The response is complete: terminate chunked output, log, next request or close."""
+        if self.done:
+            return
+        if self.chunked and self.header_sent:
+            self.conn.write(b"0\r\n\r\n")
+            self.bytes_sent += 5
+        self.done = True
+        self.conn.close_request(self)
+
+    def build_head(self) -> bytes:
+        """nginx's header filter chain, in its order, into the head bytes."""
+        self.header_sent = True
+        out = self.out
+        if self.err_status:
+            self.status = self.err_status
+        status = self.status
+        loc = self.loc
+        if self.version < (1, 0):
+            return b""
+        if status in _REDIRECTS or (out.location is not None and status >= 300):
+            self._absolute_location()
+        line = STATUS_LINES.get(status)
+        parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
+        tokens = loc.server_tokens
+        parts.append(SERVER_OFF if tokens == "off" else SERVER_ON)
+        parts.append(f"Date: {DATE.now()}\r\n")
+        if out.content_type is not None:
+            if out.charset:
+                parts.append(f"Content-Type: {out.content_type}; charset={out.charset}\r\n")
+            else:
+                parts.append(f"Content-Type: {out.content_type}\r\n")
+        if out.content_length is not None:
+            parts.append(f"Content-Length: {out.content_length}\r\n")
+        if out.last_modified is not None and status in (200, 206, 304):
+            parts.append(f"Last-Modified: {http_date(out.last_modified)}\r\n")
+        if out.location is not None:
+            parts.append(f"Location: {out.location}\r\n")
+        if self.chunked:
+            parts.append("Transfer-Encoding: chunked\r\n")
+        if self.upgrade_status(status):
+            parts.append("Connection: upgrade\r\n")
+        elif self.keepalive:
+            parts.append("Connection: keep-alive\r\n")
+            if loc.keepalive_header:
+                parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
+        else:
+            parts.append("Connection: close\r\n")
+        if out.etag is not None and status in (200, 206, 304):
+            parts.append(f"ETag: {out.etag}\r\n")
+        for name, value in out.headers:
+            parts.append(f"{name}: {value}\r\n")
+        self._add_headers(parts, status)
+        if out.accept_ranges and status == 200:
+            parts.append("Accept-Ranges: bytes\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1", "replace")
+
+    def upgrade_status(self, status: int) -> bool:
+        return status == 101
+
+    def _add_headers(self, parts: list[str], status: int) -> None:
+        loc = self.loc
+        ok = status in (200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
+        expires = loc.expires
+        if expires is not None and ok:
+            from pyngx.http.expires import expires_headers
+
+            expires_headers(self, expires, parts)
+        for name, value, always in loc.add_headers:
+            if ok or always:
+                v = value(self)
+                if v:
+                    parts.append(f"{name}: {v}\r\n")
+
+    def _absolute_location(self) -> None:
+        out = self.out
+        loc_value = out.location
+        if not loc_value or not loc_value.startswith("/") or not self.loc.absolute_redirect:
+            return
+        conn = self.conn
+        if self.loc.server_name_in_redirect:
+            host = self.srv.names[0]
+        else:
+            host = self.host or conn.server_addr
+        port = conn.server_port
+        ssl = conn.is_ssl
+        default = 443 if ssl else 80
+        port_text = f":{port}" if self.loc.port_in_redirect and port != default else ""
+        out.location = f"{'https' if ssl else 'http'}://{host}{port_text}{loc_value}"
+
+
+def _REDIRECT_SLASH() -> object:
+    from pyngx.http.locations import REDIRECT_SLASH
+
+    return REDIRECT_SLASH
+
+
+__all__ = ["DONE", "Request", "ResponseHead"]
+
+_unused = (INFO,)
