@@ -384,6 +384,10 @@ class Request:
         out = self.out
         if status in _NO_BODY or status < 200:
             out.content_length = None
+            if status == 304:
+                # ngx_http_not_modified_header_filter: a 304 carries no entity headers.
+                out.content_type = None
+                out.accept_ranges = False
             body = b""
         else:
             out.content_length = len(body)
@@ -475,7 +479,7 @@ class Request:
                 parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
         else:
             parts.append("Connection: close\r\n")
-        if out.etag is not None and status in (200, 206, 304):
+        if out.etag is not None:
             parts.append(f"ETag: {out.etag}\r\n")
         for name, value in out.headers:
             parts.append(f"{name}: {value}\r\n")
