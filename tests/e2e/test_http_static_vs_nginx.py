@@ -40,6 +40,7 @@ pytestmark = [
 MIME_TYPES = REPO_ROOT / "pyngx" / "data" / "mime.types"
 MTIME = 1700000000  # Tue, 14 Nov 2023 22:13:20 GMT
 DIR_MTIME = 1600000000
+LOCAL_OFFSET = 5 * 3600 + 30 * 60  # nginx runs with TZ=PYN-5:30
 BODY = bytes(range(48, 58)) * 100  # f.txt: 1000 bytes "0123456789..."
 
 # Statuses with a page, and some without (nginx sends those with an empty body).
@@ -55,7 +56,9 @@ PLAIN_CODES = [200, 201, 202, 203, 204, 205, 206, 207, 300, 304, 305, 306, 309]
 # the document root
 
 
-def _touch(path: Path | bytes, data: bytes = b"", mtime: int = MTIME, size: int | None = None):
+def _touch(
+    path: Path | bytes, data: bytes = b"", mtime: int = MTIME, size: int | None = None
+) -> None:
     with open(path, "wb") as f:
         f.write(data)
         if size is not None:
@@ -130,6 +133,7 @@ http {{
         location /autoj/ {{ alias {auto}/; autoindex on; autoindex_format json; }}
         location /autop/ {{ alias {auto}/; autoindex on; autoindex_format jsonp; }}
         location /autox/ {{ alias {auto}/; autoindex on; autoindex_format xml; }}
+        location /autol/ {{ alias {auto}/; autoindex on; autoindex_localtime on; }}
         location /noetag/ {{ alias {root}/; etag off; }}
         location /before/ {{ alias {root}/; if_modified_since before; }}
         location /imsoff/ {{ alias {root}/; if_modified_since off; }}
@@ -148,6 +152,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]
     port = free_port()
     prefix = Nginx.prefix_dir(tmp)
     server = Nginx(tmp, nginx_conf(_conf(port, root), prefix=prefix))
+    # A fixed UTC offset without DST (POSIX TZ: local = UTC + 5:30) for autoindex_localtime.
+    server.env = {**os.environ, "TZ": "PYN-5:30"}
     server.start()
     try:
         yield port, root
@@ -244,6 +250,7 @@ AUTOINDEX_CASES = {
     "jsonp-no-callback": ("/autop/", {"fmt": "jsonp"}),
     "jsonp-empty-callback": ("/autop/?callback=", {"fmt": "jsonp", "callback": ""}),
     "xml": ("/autox/", {"fmt": "xml"}),
+    "html-localtime": ("/autol/", {"localtime": True, "gmtoff": LOCAL_OFFSET}),
 }
 
 
