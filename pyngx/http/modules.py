@@ -9,7 +9,9 @@ from pyngx.http import module as core
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    modules: list[object] = []
+    from pyngx.http import autoindex_handler
+
+    modules: list[object] = [autoindex_handler]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pyngx import NGINX_COMPAT_VERSION
 from pyngx.core.log import ALERT, ERROR, INFO, NOTICE
 from pyngx.http.httpdate import http_date
-from pyngx.http.special_response import STATUS_LINES, error_page_body
+from pyngx.http.special_response import error_page_body, status_line
 
 if TYPE_CHECKING:
     from pyngx.http.connection import HttpConnection
@@ -352,6 +352,11 @@ class Request:
             return
         if status in _CLOSE_AFTER:
             self.keepalive = False
+        # ngx_http_special_response_handler: the entity's validators do not describe a page.
+        out = self.out
+        out.accept_ranges = False
+        out.last_modified = None
+        out.etag = None
         loc = self.loc
         pages = loc.error_pages
         # ngx_http_special_response_handler: one error_page per request unless recursive.
@@ -453,8 +458,7 @@ class Request:
             return b""
         if status in _REDIRECTS or (out.location is not None and status >= 300):
             self._absolute_location()
-        line = STATUS_LINES.get(status)
-        parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
+        parts = [f"HTTP/1.1 {status_line(status).decode()}\r\n"]
         tokens = loc.server_tokens
         parts.append(SERVER_OFF if tokens == "off" else SERVER_ON)
         parts.append(f"Date: {DATE.now()}\r\n")

@@ -110,14 +110,14 @@ def serve(r: Any) -> int | None:
 
 
 def send_file(r: Any, fd: int, st: os.stat_result, path: str) -> int | None:
-    from pyngx.http.conditional import make_etag, not_modified
+    from pyngx.http.conditional import make_etag, not_modified, stat_mtime
 
     out = r.out
     size = st.st_size
     out.content_type = _mime(r, r.uri)
-    out.last_modified = float(int(st.st_mtime))
+    out.last_modified = float(stat_mtime(st))
     if r.loc.etag:
-        out.etag = make_etag(st.st_mtime, size)
+        out.etag = make_etag(stat_mtime(st), size)
     r.status = 200
     if r.loc.if_modified_since != "off" or "if-none-match" in r.headers:
         st_code = not_modified(r.headers, 200, out.last_modified, out.etag, r.loc.if_modified_since)
@@ -126,7 +126,7 @@ def send_file(r: Any, fd: int, st: os.stat_result, path: str) -> int | None:
                 r.send_response(304, b"")
                 return DONE
             return st_code
-    out.accept_ranges = True
+    out.accept_ranges = r.loc.max_ranges != 0
     if r.headers.get("range") is not None and r.loc.max_ranges != 0:
         from pyngx.http.ranged import send_ranges
 

@@ -61,6 +61,9 @@ http {{
         location /exp/ {{ expires 1h; add_header X-A one; add_header X-B two always; }}
         location = /exact {{ error_page 404 /a.txt; }}
         location /internal-only/ {{ internal; }}
+        location /auto/ {{ alias {root}/dir/; autoindex on; }}
+        location /autojson/ {{ alias {root}/dir/; autoindex on; autoindex_format json; }}
+        location /nr/ {{ alias {root}/; max_ranges 0; }}
     }}
 }}
 """
@@ -92,6 +95,7 @@ def _normalise(raw: bytes, port: int) -> list[object]:
             if k == "Expires":
                 v = "<expires>"
             v = v.replace(str(port), "<port>")
+            v = re.sub(r"boundary=\d{20}", "boundary=<b>", v)
             headers.append((k, v))
         status = head[0]
         body = b""
@@ -109,7 +113,8 @@ def _normalise(raw: bytes, port: int) -> list[object]:
             body = b"".join(body_parts)
         elif length is not None and " 304 " not in status:
             body, text = text[:length], text[length:]
-        out.append((status, headers, body.replace(str(port).encode(), b"<port>")))
+        body = re.sub(rb"--\d{20}", b"--<b>", body.replace(str(port).encode(), b"<port>"))
+        out.append((status, headers, body))
     return out
 
 
@@ -177,6 +182,18 @@ CASES: dict[str, bytes] = {
     "encoded": _req("/%61.txt"),
     "dot segments": _req("/dir/../a.txt"),
     "double slash": _req("//a.txt"),
+    "range": _req("/a.txt", extra="Range: bytes=1-2\r\n"),
+    "range suffix": _req("/big.bin", extra="Range: bytes=-10\r\n"),
+    "range open": _req("/big.bin", "HEAD", extra="Range: bytes=3145700-\r\n"),
+    "range multi": _req("/a.txt", extra="Range: bytes=0-0,2-3\r\n"),
+    "range 416": _req("/a.txt", extra="Range: bytes=10-20\r\n"),
+    "range bad": _req("/a.txt", extra="Range: items=1-2\r\n"),
+    "range if-range": _req("/a.txt", extra='Range: bytes=1-2\r\nIf-Range: "x"\r\n'),
+    "max_ranges 0": _req("/nr/a.txt", extra="Range: bytes=1-2\r\n"),
+    "autoindex": _req("/auto/"),
+    "autoindex json": _req("/autojson/"),
+    "if-modified-since": _req("/a.txt", extra="If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n"),
+    "if-match fail": _req("/a.txt", extra='If-Match: "nope"\r\n'),
 }
 
 
