@@ -144,7 +144,7 @@ class HttpClient:
         try:
             while self._fill(deadline):
                 pass
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except OSError:
             return True

@@ -36,7 +36,7 @@ from pyngx.conf.values import UrlError, parse_size, parse_time, parse_url
 from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
 from pyngx.http import locations as loc_tree
-from pyngx.http.server_names import ServerNames
+from pyngx.http.server_names import ServerNames, check_server_name
 from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
 from pyngx.stream.module import NGX_LISTEN_BACKLOG, ListenOpts, _parse_keepalive
 
@@ -239,7 +239,8 @@ def _listen(ctx: Context, node: Node) -> None:
 def _server_name(ctx: Context, node: Node) -> None:
     names = ctx.slots.setdefault("server_name", [])
     for arg in node.args:
-        names.append((arg.lower() if not arg.startswith("~") else arg, node))
+        check_server_name(arg, node, ctx.warn)
+        names.append((arg, node))
 
 
 def _root(ctx: Context, node: Node) -> None:
@@ -834,8 +835,12 @@ def _ports(servers: list[ServerConf], http: Context) -> list[HttpPort]:
             if not server.name_nodes:  # type: ignore[attr-defined]
                 entries.append(("", server, server.ctx.node))  # type: ignore[attr-defined]
         port.names = ServerNames(entries, port.default, where=port.listens[0].addr.text)
-        for text, node in port.names.warnings:
-            http.warn(node, text)
+        root = http
+        while root.parent is not None:
+            root = root.parent
+        for text, _node in port.names.warnings:
+            # nginx prints these without a location.
+            root.slots.setdefault("__warnings__", []).append(text)
         port.proxy_protocol = port.listens[0].proxy_protocol or port.proxy_protocol
     return order
 

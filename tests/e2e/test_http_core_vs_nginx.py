@@ -12,12 +12,14 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import free_port
+from tests.harness import Nginx, Pyngx, free_port, nginx_available, nginx_conf, pyngx_conf
 from tests.http_client import HttpClient
 
 pytestmark = pytest.mark.nginx
@@ -118,7 +120,7 @@ def _normalise(raw: bytes, port: int) -> list[object]:
     return out
 
 
-def _exchange(port: int, data: bytes, *, head_only: bool = False, wait: float = 0.6) -> bytes:
+def _exchange(port: int, data: bytes, *, head_only: bool = False, wait: float = 0.3) -> bytes:
     """Send `data`, read until the server closes or stays quiet for `wait` seconds."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(data)
@@ -158,8 +160,7 @@ CASES: dict[str, bytes] = {
     "put": _req("/a.txt", "PUT", "Content-Length: 3\r\n", b"abc"),
     "delete": _req("/a.txt", "DELETE"),
     "pipelined": _req("/a.txt") + _req("/dir/") + _req("/nope") + _req("/a.txt", "HEAD"),
-    "get with body": _req("/a.txt", extra="Content-Length: 5\r\n", body=b"hello")
-    + _req("/a.txt"),
+    "get with body": _req("/a.txt", extra="Content-Length: 5\r\n", body=b"hello") + _req("/a.txt"),
     "get chunked body": _req(
         "/a.txt", extra="Transfer-Encoding: chunked\r\n", body=b"5\r\nhello\r\n0\r\n\r\n"
     )
@@ -192,32 +193,47 @@ CASES: dict[str, bytes] = {
     "max_ranges 0": _req("/nr/a.txt", extra="Range: bytes=1-2\r\n"),
     "autoindex": _req("/auto/"),
     "autoindex json": _req("/autojson/"),
-    "if-modified-since": _req("/a.txt", extra="If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n"),
+    "if-modified-since": _req(
+        "/a.txt", extra="If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+    ),
     "if-match fail": _req("/a.txt", extra='If-Match: "nope"\r\n'),
 }
 
 
-@pytest.fixture
-def pair(tmp_path: Path, nginx: ServerFactory, pyngx: ServerFactory) -> tuple[int, int]:
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """One nginx and one pyngx for the whole table (starting them per case is slow)."""
+    if not nginx_available():
+        pytest.skip("Debian's nginx is not installed")
+    tmp_path = tmp_path_factory.mktemp("http-core")
     root = tmp_path / "html"
     _tree(root)
     pn, pp = free_port(), free_port()
-    nginx(_config(pn, root))
-    pyngx(_config(pp, root))
-    return pn, pp
+    ngx = Nginx(tmp_path, nginx_conf(_config(pn, root), prefix=Nginx.prefix_dir(tmp_path)))
+    pyx = Pyngx(tmp_path, pyngx_conf(_config(pp, root), prefix=Pyngx.prefix_dir(tmp_path)))
+    with ngx.start(), pyx.start():
+        yield pn, pp
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_same_answers(pair: tuple[int, int], name: str) -> None:
     pn, pp = pair
     data = CASES[name]
-    expect = _normalise(_exchange(pn, data), pn)
-    got = _normalise(_exchange(pp, data), pp)
+    with ThreadPoolExecutor(2) as pool:
+        fn, fp = pool.submit(_exchange, pn, data), pool.submit(_exchange, pp, data)
+        expect = _normalise(fn.result(), pn)
+        got = _normalise(fp.result(), pp)
     assert got == expect
 
 
-def test_large_file_and_keepalive(pair: tuple[int, int], tmp_path: Path) -> None:
-    want = (tmp_path / "html" / "big.bin").read_bytes()
+def test_large_file_and_keepalive(pair: tuple[int, int]) -> None:
+    with socket.create_connection(("127.0.0.1", pair[0])) as s:
+        s.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(1 << 20):
+            raw += chunk
+    want = raw.split(b"\r\n\r\n", 1)[1]
+    assert len(want) == 3 * 1024 * 1024 + 7
     for port in pair:
         with HttpClient("127.0.0.1", port) as c:
             for _ in range(3):
@@ -237,7 +253,9 @@ def test_slow_header_times_out(tmp_path: Path, pyngx: ServerFactory) -> None:
         t0 = time.monotonic()
         assert s.recv(100) == b""
         assert time.monotonic() - t0 < 4
-    srv.wait_for_log(r"client timed out \(110: Connection timed out\) while reading client request headers")
+    srv.wait_for_log(
+        r"client timed out \(110: Connection timed out\) while reading client request headers"
+    )
 
 
 def test_access_log_combined(tmp_path: Path, nginx: ServerFactory, pyngx: ServerFactory) -> None:
