@@ -924,12 +924,14 @@ def _set(ctx: Context, node: Node) -> None:
 def _if(ctx: Context, node: Node) -> None:
     condition = _condition(node, _table(ctx))
     child = ctx.child(SIF if ctx.kind == SERVER else LIF, node)
-    # The op goes in before the block is read, so the block's ops follow it in order.
+    # The block's ops stay in the child context; IfOp.bind takes them to run them inline.
     ctx.append(SLOT, IfOp(condition, child), node)
     child.run(node.block or [])
 
 
 def register(reg: Registry) -> None:
+    """rewrite/return/break/set in server, location and both kinds of `if`; `if` in server and
+    location; the two flags also at the http level (nginx's contexts)."""
     scripts = _SCRIPT_CONTEXTS
     flags = ("http", *_SCRIPT_CONTEXTS)
     reg.add("rewrite", scripts, _rewrite, (2, 3))
