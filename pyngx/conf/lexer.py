@@ -3,7 +3,7 @@
 Tokens are words, `;`, `{` and `}`. Words may be quoted with `"` or `'`; inside any word a
 backslash escapes the next character, and `\\"`, `\\'`, `\\\\`, `\\t`, `\\r`, `\\n` are
 translated while other escapes are kept verbatim, exactly as nginx copies tokens. `#` starts a
-comment only at the start of a token. `${name}` inside an unquoted word keeps its braces.
+comment only at the start of a token. `${name}` inside an unquoted word keeps its braces; `}` does not end a word.
 """
 
 from __future__ import annotations
@@ -88,24 +88,24 @@ def tokenize(text: str, filename: str) -> Iterator[Token]:
                 i += 1
             value = _unescape(text[start:i])
             i += 1
-            # nginx requires a separator right after a closing quote.
-            if i < n and text[i] not in _SPACE and text[i] not in ";{}":
+            # nginx requires a separator right after a closing quote; `)` is let through (it
+            # starts the next word) so that `if ($x = "a")` reads as nginx reads it.
+            if i < n and text[i] not in _SPACE and text[i] not in ";{})":
                 raise ConfigError(f'unexpected "{text[i]}"', filename, line)
             yield Token(WORD, value, line, quoted=True)
             continue
         start = i
+        # As ngx_conf_read_token: an unquoted word ends at a space, `;` or `{` (a `{` right
+        # after `$` is part of `${name}`); `}` inside a word is an ordinary character.
         while i < n:
             c = text[i]
             if c == "\\" and i + 1 < n:
                 i += 2
                 continue
             if c == "$" and i + 1 < n and text[i + 1] == "{":
-                close = text.find("}", i)
-                if close < 0:
-                    break
-                i = close + 1
+                i += 2
                 continue
-            if c in _SPACE or c in ";{}":
+            if c in _SPACE or c == ";" or c == "{":
                 break
             i += 1
         yield Token(WORD, _unescape(text[start:i]), line)

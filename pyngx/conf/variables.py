@@ -17,7 +17,8 @@ from pyngx.conf.errors import ConfigError, DirectiveValueError
 Getter = Callable[[Any], "str | None"]
 Escape = Callable[[str], str]
 
-_VAR_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+# As ngx_http_script_compile: `$1x` is capture 1 followed by "x" (a digit name is one digit).
+_VAR_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([0-9])|([A-Za-z0-9_]+))")
 
 
 @dataclass(slots=True)
@@ -52,7 +53,7 @@ def split_complex(text: str) -> list[str | tuple[str]]:
     for m in _VAR_RE.finditer(text):
         if m.start() > pos:
             parts.append(text[pos : m.start()])
-        parts.append((m.group(1) or m.group(2),))
+        parts.append((m.group(1) or m.group(2) or m.group(3),))
         pos = m.end()
     if pos < len(text):
         parts.append(text[pos:])

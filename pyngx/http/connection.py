@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ALERT, ERROR, INFO
 from pyngx.http.request import Request
+from pyngx.http.rewrite import set_captures
 from pyngx.protocols.http1 import (
     ChunkedDecoder,
     HttpParseError,
@@ -338,7 +339,7 @@ class HttpConnection(asyncio.Protocol):
                 req.srv = server
                 req.loc = server.conf
             if match is not None:
-                req.captures = match
+                set_captures(req, match)
         if framing.chunked or framing.content_length:
             self.body = BodyReader(framing.content_length, framing.chunked, 0)
             self._arm("body", req.loc.client_body_timeout)

@@ -132,11 +132,16 @@ def _http(ctx: Context, node: Node) -> None:
     child.slots["log_formats"] = {
         "combined": compile_format("combined", "default", COMBINED, table)
     }
+    from pyngx.http import rewrite
+
+    rewrite.capture_getters(table)
     later: list[Callable[[], None]] = []
     for module in MODULES:
         declare = getattr(module, "declare", None)
         if declare is not None:
             later.extend(declare(node.block or [], table, child) or ())
+    # After the modules' declarations: `set` may overwrite a map's variable (Settable).
+    rewrite.declare(node.block or [], table)
     child.run(node.block or [])
     for compile_later in later:
         compile_later()
@@ -152,6 +157,10 @@ def _location(ctx: Context, node: Node) -> None:
     parent_spec = ctx.local("__spec__") if ctx.kind == LOC else None
     child = ctx.child(LOC, node)
     spec = loc_tree.parse_location(node, parent_spec, child)
+    if spec.regex is not None:
+        from pyngx.http.rewrite import declare_named_captures
+
+        declare_named_captures(spec.regex, ctx.up(HTTP).slots["variables"], node)
     child.slots["__spec__"] = spec
     child.slots["location_specs"] = []
     if parent_spec is not None:
@@ -241,6 +250,15 @@ def _server_name(ctx: Context, node: Node) -> None:
     for arg in node.args:
         check_server_name(arg, node, ctx.warn)
         names.append((arg, node))
+        if arg.startswith("~"):
+            from pyngx.conf.regex import compile_pcre
+            from pyngx.http.rewrite import declare_named_captures
+
+            try:
+                rx = compile_pcre(arg[1:])
+            except Exception:  # the server_names module reports bad patterns
+                continue
+            declare_named_captures(rx, ctx.up(HTTP).slots["variables"], node)
 
 
 def _root(ctx: Context, node: Node) -> None:
@@ -702,9 +720,14 @@ def build(
         loc.access_phase = tuple(loc.phase_preaccess + loc.phase_access)
         # `if` blocks: their LocationConf switches in when the condition holds.
         for child in ctx.children:
-            if child.kind in (SIF, LIF):
+            if child.kind == LIF:
                 child.slots["__conf__"] = make_conf(child)
-        loc.script = _script(ctx)
+        from pyngx.http.rewrite import compile_script, if_ops
+
+        for op in if_ops(ctx.local("rewrite_ops") or []):
+            if op.ctx.kind == LIF:
+                op.conf = op.ctx.slots["__conf__"]
+        loc.script = compile_script(ctx) if ctx.kind in (SRV, LOC) else None
         return loc
 
     servers: list[ServerConf] = []
@@ -760,17 +783,6 @@ def _inherited_error_log(ctx: Context, make_error_log: Any, main_error_log: Erro
             return cache
         node = node.parent
     return main_error_log
-
-
-def _script(ctx: Context) -> Any:
-    compile_script = _SCRIPT_COMPILER[0]
-    if compile_script is None:
-        return None
-    return compile_script(ctx)
-
-
-# Set by the rewrite module when it is registered: Context -> Script | None.
-_SCRIPT_COMPILER: list[Any] = [None]
 
 
 def _default_listen(node: Node) -> HttpListen:

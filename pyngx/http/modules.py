@@ -9,8 +9,9 @@ from pyngx.http import module as core
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    from pyngx.http import autoindex_handler
+    from pyngx.http import autoindex_handler, rewrite
 
+    rewrite.register(reg)
     modules: list[object] = [autoindex_handler]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pyngx import NGINX_COMPAT_VERSION
 from pyngx.core.log import ALERT, ERROR, INFO, NOTICE
 from pyngx.http.httpdate import http_date
+from pyngx.http.rewrite import set_captures
 from pyngx.http.special_response import error_page_body, status_line
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Request:
         "limit_state",
         "extra",
         "err_status",
+        "limit_rate",
     )
 
     def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
@@ -145,6 +147,7 @@ class Request:
         self.limit_state: Any = None
         self.extra: dict[str, Any] | None = None
         self.err_status = 0
+        self.limit_rate: int | None = None
 
     # -- logging --------------------------------------------------------------------------
 
@@ -273,7 +276,7 @@ class Request:
                 return self.redirect_slash()
             self.loc = conf
             if match is not None:
-                self.captures = match
+                set_captures(self, match)
         loc = self.loc
         if loc.internal and not self.internal:
             return 404
@@ -352,6 +355,12 @@ class Request:
             return
         if status in _CLOSE_AFTER:
             self.keepalive = False
+        if self.return_body is not None and status not in _REDIRECTS:
+            # `return code text`: ngx_http_send_response, no error_page involved.
+            body = self.return_body.encode("utf-8", "surrogateescape")
+            self.out.content_type = self.loc.default_type
+            self.send_response(status, body)
+            return
         # ngx_http_special_response_handler: the entity's validators do not describe a page.
         out = self.out
         out.accept_ranges = False
@@ -366,11 +375,6 @@ class Request:
             if page is not None and self._error_page(status, page[0], page[1]):
                 return
         self.status = status
-        if self.return_body is not None and status not in _REDIRECTS:
-            body = self.return_body.encode("utf-8", "surrogateescape")
-            self.out.content_type = loc.default_type
-            self.send_response(status, body)
-            return
         body = error_page_body(status, loc.server_tokens) if status >= 300 else None
         if body is not None:
             self.out.content_type = "text/html"
@@ -456,7 +460,16 @@ class Request:
         loc = self.loc
         if self.version < (1, 0):
             return b""
-        if status in _REDIRECTS or (out.location is not None and status >= 300):
+        if status == 204:
+            # ngx_http_header_filter: a 204 has no entity headers.
+            out.content_type = None
+            out.last_modified = None
+            out.content_length = None
+        location_first = False
+        if out.location is not None and status >= 300:
+            # A path becomes absolute and takes the Location slot of the header filter; a
+            # full URL stays in the headers list, after Connection (nginx's order).
+            location_first = out.location.startswith("/") and loc.absolute_redirect
             self._absolute_location()
         parts = [f"HTTP/1.1 {status_line(status).decode()}\r\n"]
         tokens = loc.server_tokens
@@ -471,7 +484,7 @@ class Request:
             parts.append(f"Content-Length: {out.content_length}\r\n")
         if out.last_modified is not None and status in (200, 206, 304):
             parts.append(f"Last-Modified: {http_date(out.last_modified)}\r\n")
-        if out.location is not None:
+        if out.location is not None and location_first:
             parts.append(f"Location: {out.location}\r\n")
         if self.chunked:
             parts.append("Transfer-Encoding: chunked\r\n")
@@ -483,6 +496,8 @@ class Request:
                 parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
         else:
             parts.append("Connection: close\r\n")
+        if out.location is not None and not location_first:
+            parts.append(f"Location: {out.location}\r\n")
         if out.etag is not None:
             parts.append(f"ETag: {out.etag}\r\n")
         for name, value in out.headers:

@@ -66,6 +66,33 @@ http {{
         location /auto/ {{ alias {root}/dir/; autoindex on; }}
         location /autojson/ {{ alias {root}/dir/; autoindex on; autoindex_format json; }}
         location /nr/ {{ alias {root}/; max_ranges 0; }}
+        location /ret/ {{
+            location /ret/text {{ return 200 "text $uri $args"; }}
+            location /ret/empty {{ return 200; }}
+            location /ret/404 {{ return 404; }}
+            location /ret/404text {{ return 404 "gone"; }}
+            location /ret/301 {{ return 301 /elsewhere; }}
+            location /ret/302url {{ return 302 http://example.com/x; }}
+            location /ret/url {{ return http://example.com/y; }}
+            location /ret/444 {{ return 444; }}
+            location /ret/500 {{ return 500; }}
+            location /ret/204 {{ return 204; }}
+        }}
+        location /rw/ {{
+            rewrite ^/rw/last/(.*)$ /ret/text?from=$1 last;
+            rewrite ^/rw/break/(.*)$ /$1 break;
+            rewrite ^/rw/redir/(.*)$ /new/$1 redirect;
+            rewrite ^/rw/perm/(.*)$ /new/$1? permanent;
+            rewrite ^/rw/loop$ /rw/loop last;
+        }}
+        location ~ ^/cap/(?<first>[a-z]+)/(\d+)$ {{ return 200 "$first $2"; }}
+        location /if/ {{
+            if ($arg_x = "1") {{ return 200 "x is one"; }}
+            if ($http_x_test ~* ^ab(c)) {{ return 200 "header $1"; }}
+            if (-f $request_filename) {{ return 200 "file"; }}
+            set $v "set:$uri";
+            return 200 $v;
+        }}
     }}
 }}
 """
@@ -197,6 +224,26 @@ CASES: dict[str, bytes] = {
         "/a.txt", extra="If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
     ),
     "if-match fail": _req("/a.txt", extra='If-Match: "nope"\r\n'),
+    "return text": _req("/ret/text?a=1"),
+    "return empty": _req("/ret/empty"),
+    "return 404": _req("/ret/404"),
+    "return 404 text": _req("/ret/404text"),
+    "return 301": _req("/ret/301"),
+    "return 302 url": _req("/ret/302url"),
+    "return url": _req("/ret/url"),
+    "return 444": _req("/ret/444"),
+    "return 500": _req("/ret/500"),
+    "return 204": _req("/ret/204"),
+    "rewrite last": _req("/rw/last/abc?q=2"),
+    "rewrite break": _req("/rw/break/a.txt"),
+    "rewrite redirect": _req("/rw/redir/x?y=1"),
+    "rewrite permanent": _req("/rw/perm/x?y=1"),
+    "rewrite loop": _req("/rw/loop"),
+    "captures": _req("/cap/abc/42"),
+    "if arg": _req("/if/?x=1"),
+    "if header": _req("/if/", extra="X-Test: ABCD\r\n"),
+    "if file": _req("/if/../a.txt"),
+    "set": _req("/if/zzz"),
 }
 
 

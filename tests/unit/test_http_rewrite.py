@@ -241,7 +241,6 @@ def test_unterminated_bracket_variable() -> None:
     assert str(exc.value) == 'the closing bracket in "y" variable is missing in t.conf:3'
 
 
-@pytest.mark.xfail(strict=True, reason='conf/lexer.py rejects ")" right after a closing quote')
 def test_quoted_value_right_before_the_closing_parenthesis() -> None:
     s = script('if ($arg_a = "a b") { return 200 yes; } return 200 no;')
     r = req("/?a=a b")
