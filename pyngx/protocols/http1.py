@@ -1296,9 +1296,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 # upstream response head (ngx_http_parse_status_line, the proxy and upstream modules)
 
 _STATUS_LINE = re.compile(rb"HTTP/([1-9][0-9]*)\.([0-9]+) +([0-9]{3})(?:([ .])([^\r\n]*))?\r?\n")
+# every prefix of a status line that may still become one
 _STATUS_PREFIX = re.compile(
-    rb"H(?:T(?:T(?:P(?:/(?:[1-9][0-9]*(?:\.(?:[0-9]+(?: +(?:[0-9]{1,2}|[0-9]{3}"
-    rb"(?:[ .][^\r\n]*)?\r?)?)?)?)?)?)?)?)?)?"
+    rb"(?:H(?:T(?:T(?:P(?:/(?:[1-9][0-9]*(?:\.(?:[0-9]+(?: +(?:[0-9]{1,2}|[0-9]{3}"
+    rb"(?:[ .][^\r\n]*)?\r?)?)?)?)?)?)?)?)?)?)?"
 )
 _VERSION_DIGITS = re.compile(rb"HTTP/([0-9]*)(?:\.([0-9]*))?")
 
