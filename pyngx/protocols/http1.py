@@ -245,11 +245,28 @@ def validate_host(host: str | bytes) -> str | None:
     Refused: '..' anywhere, '/', control characters and spaces, an empty host. An IPv6 literal
     keeps its brackets ('[::1]:80' -> '[::1]').
     """
-    raw = host.encode("utf-8", "surrogateescape") if isinstance(host, str) else host
-    r = _validate_host(raw)
-    return None if r is None else _dec(r)
+    if isinstance(host, bytes):
+        r = _validate_host(host)
+        return None if r is None else _dec(r)
+    # the same steps on text (what the header parser has at hand): nginx's rules only look at
+    # ASCII, and lower() must stay ASCII-only like nginx's
+    if _HOST_BAD_STR.search(host) is not None:
+        return None
+    if host[:1] == "[":
+        end = host.find("]")
+        host_len = len(host) if end < 0 else end + 1
+    else:
+        colon = host.find(":")
+        host_len = len(host) if colon < 0 else colon
+    if host_len and host.rfind(".") == host_len - 1:
+        host_len -= 1
+    if host_len == 0:
+        return None
+    h = host[:host_len]
+    return h.lower() if h.isascii() else _dec(h.encode("utf-8", "surrogateescape").lower())
 
 
+_HOST_BAD_STR = re.compile(r"[\x00-\x20\x7f/]|\.\.")
 _HOST_BAD = re.compile(rb"[\x00-\x20\x7f/]|\.\.")
 
 
@@ -558,26 +575,32 @@ def _scan_version(buf: bytes, q: int, lim: int) -> tuple[int, int, int]:
 def _process_uri(
     line: _Line, merge_slashes: bool, request_line: str
 ) -> tuple[str, str, str | None]:
-    """ngx_http_process_request_uri and the request line host check, in nginx's order."""
+    """ngx_http_process_request_uri and the request line host check, in nginx's order:
+    ($uri, $args, validated host of the target)."""
+    http09 = line.major == 0
     path, args = _split_uri(line.uri)
-    norm = (
-        _normalise_path(path, merge_slashes)
-        if not line.empty_path
-        else _normalise_path(b"/" + path, merge_slashes)
-    )
+    norm = _normalise_path(b"/" + path if line.empty_path else path, merge_slashes)
     if norm is None:
-        raise HttpParseError(
-            400, INVALID_REQUEST, http09=line.major == 0, request_line=request_line
-        )
-    host = None
+        raise HttpParseError(400, INVALID_REQUEST, http09=http09, request_line=request_line)
+    target_host = None
     if line.host is not None:
         h = _validate_host(line.host)
         if h is None:
             raise HttpParseError(
-                400, INVALID_HOST_IN_LINE, http09=line.major == 0, request_line=request_line
+                400, INVALID_HOST_IN_LINE, http09=http09, request_line=request_line
             )
-        host = _dec(h)
-    return _dec(norm), _dec(args), host
+        target_host = _dec(h)
+    return _dec(norm), _dec(args), target_host
+
+
+_COMPLEX_URI = re.compile(rb"%|/\.|#|//")
+_COMPLEX_URI_KEEP_SLASHES = re.compile(rb"%|/\.|#")
+
+
+def _simple_uri(path: bytes, merge_slashes: bool) -> bool:
+    """Whether nginx takes $uri of this origin-form URI as it is (no escapes, dot segments,
+    merged slashes or fragment)."""
+    return (_COMPLEX_URI if merge_slashes else _COMPLEX_URI_KEEP_SLASHES).search(path) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,6 +749,79 @@ def _duplicate(
     return f'client sent duplicate {kind}: "{name}: {value}", previous value: "{pn}: {pv}"'
 
 
+# The fast path: a complete head in nginx's first buffer, with a request line and header
+# lines of the common shapes. Then no buffer limit can matter, and one fullmatch checks all the
+# header lines while one findall takes them apart; anything else goes the step-wise way.
+_FAST_PATH = True
+_HEAD_END = re.compile(rb"\n\r?\n")
+_HEADER_BLOCK = re.compile(r"(?:[A-Za-z0-9-]+:[ \t]*[^\x00\r\n]*\r?\n)*")
+_HEADER_PAIR = re.compile(r"([A-Za-z0-9-]+):[ \t]*((?:[^\x00\r\n]*[^\x00\r\n \t])?)[ \t]*\r?\n")
+_UNIQUE_STR = frozenset(u.decode() for u in _UNIQUE)
+_WATCHED = _UNIQUE_STR | {"host"}
+
+
+def _fast_head(
+    data: bytes, start: int, rl: re.Match[bytes], end: re.Match[bytes], merge_slashes: bool
+) -> RequestHead | None:
+    block = data[rl.end() : end.start() + 1].decode("utf-8", "surrogateescape")
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        return None
+    lf = rl.end() - 1
+    request_line = _dec(data[start : lf - 1 if data[lf - 1] == _CR else lf])
+    path = rl.group(2)
+    target = _dec(path)
+    if _simple_uri(path, merge_slashes):
+        qm = target.find("?")
+        uri, args = (target, "") if qm < 0 else (target[:qm], target[qm + 1 :])
+    else:
+        line = _Line(path, path, path, False, None, 1, 1, 0, 0, b"")
+        uri, args, _ = _process_uri(line, merge_slashes, request_line)
+    headers: list[tuple[str, str]] = _HEADER_PAIR.findall(block)
+    host_line: tuple[str, str] | None = None
+    seen: dict[str, tuple[str, str]] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _WATCHED:
+            if lname == "host":
+                if host_line is not None:
+                    raise HttpParseError(
+                        400,
+                        _duplicate("host header", name, value, host_line),
+                        request_line=request_line,
+                    )
+                host_line = (name, value)
+                if validate_host(value) is None:
+                    raise HttpParseError(400, INVALID_HOST, request_line=request_line)
+            else:
+                if seen is None:
+                    seen = {}
+                prev = seen.get(lname)
+                if prev is not None:
+                    raise HttpParseError(
+                        400,
+                        _duplicate("header line", name, value, prev),
+                        request_line=request_line,
+                    )
+                seen[lname] = (name, value)
+    minor = data[rl.start(3)] - 0x30
+    return RequestHead(
+        rl.group(1).decode(),
+        target,
+        (1, minor),
+        headers,
+        end.end(),
+        request_line,
+        target,
+        uri,
+        args,
+        None,
+        _PROTOCOLS[minor],
+    )
+
+
+_PROTOCOLS = [f"HTTP/1.{d}" for d in range(10)]
+
+
 def parse_request_head(
     buf: bytes | bytearray,
     *,
@@ -749,20 +845,26 @@ def parse_request_head(
     start = _LEADING_EMPTY.match(data).end()
     if start == n:
         return None
-    # nginx reuses its first buffer while it holds nothing but empty lines
+    if _FAST_PATH:
+        rl = _FAST_REQUEST_LINE.match(data, start)
+        if rl is not None:
+            end = _HEAD_END.search(data, rl.end() - 1)
+            if (
+                end is not None
+                # nginx reuses its first buffer while it holds nothing but empty lines
+                and start % header_buffer_size + end.end() - start <= header_buffer_size
+                and rl.group(1) != b"CONNECT"
+            ):
+                head = _fast_head(data, start, rl, end, merge_slashes)
+                if head is not None:
+                    return head
     bufs = _Buffers(header_buffer_size, start % header_buffer_size, large_header_buffers)
     line = _request_line(data, start, bufs)
     if line is None:
         return None
     request_line = _dec(data[start : line.request_end])
     path = line.uri
-    if (
-        line.host is None
-        and b"%" not in path
-        and b"/." not in path
-        and b"#" not in path
-        and (not merge_slashes or b"//" not in path)
-    ):
+    if line.host is None and not line.empty_path and _simple_uri(path, merge_slashes):
         qm = path.find(b"?")
         if qm < 0:
             uri, args = _dec(path), ""
@@ -1063,9 +1165,6 @@ def request_framing(head: RequestHead, host_from_target: str | None) -> BodyFram
         upgrade=upgrade and "upgrade" in conn_tokens,
         host=host or "",
     )
-
-
-_UNIQUE_STR = frozenset(u.decode() for u in _UNIQUE)
 
 
 # --------------------------------------------------------------------------------------------

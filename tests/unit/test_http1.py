@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyngx.protocols import http1
 from pyngx.protocols.http1 import (
     LAST_CHUNK,
     STATUS_REASONS,
@@ -398,6 +399,33 @@ def test_underscored_transfer_encoding_is_dropped_not_obeyed() -> None:
     framing = request_framing(head, None)
     assert (framing.chunked, framing.content_length) == (False, 3)
     assert head.ignored == ['client sent invalid header line: "Transfer_Encoding: chunked"']
+
+
+# --------------------------------------------------------------------------------------------
+# the fast path (a complete head of the common shapes in the first buffer) and the step-wise
+# path must decide alike
+
+
+def outcome(raw: bytes, **kw: Any) -> object:
+    try:
+        return parse_request_head(raw, **kw)
+    except HttpParseError as e:
+        return (e.status, e.reason, e.http09, e.request_line)
+
+
+def stepwise_outcome(raw: bytes, **kw: Any) -> object:
+    http1._FAST_PATH = False
+    try:
+        return outcome(raw, **kw)
+    finally:
+        http1._FAST_PATH = True
+
+
+@pytest.mark.parametrize(
+    "raw", [r for r, _ in VALID] + [r for r, _, _ in INVALID] + [r for r, _, _ in SMUGGLING]
+)
+def test_fast_path_agrees_with_stepwise_path(raw: bytes) -> None:
+    assert outcome(raw) == stepwise_outcome(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,6 +819,7 @@ REQUEST_BITS = st.sampled_from(
 @given(st.one_of(st.binary(max_size=300), st.lists(REQUEST_BITS, max_size=30).map(b"".join)))
 def test_fuzz_requests(raw: bytes) -> None:
     kw: dict[str, Any] = dict(header_buffer_size=16, large_header_buffers=(3, 48))
+    assert outcome(raw, header_buffer_size=4096) == stepwise_outcome(raw, header_buffer_size=4096)
     try:
         head = parse_request_head(raw, **kw)
     except HttpParseError as e:
@@ -810,6 +839,26 @@ def test_fuzz_requests(raw: bytes) -> None:
         request_framing(head, head.target_host)
     except HttpParseError as e:
         assert e.status in (400, 405, 501)
+
+
+HEADER_TEXT = st.lists(
+    st.sampled_from([b"a", b"Host", b"-", b"_", b".", b":", b" ", b"\t", b"\r", b"\x00", b"\xff"]),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from([b"GET", b"POST", b"CONNECT", b"get"]),
+    st.lists(REQUEST_BITS, max_size=6).map(b"".join),
+    st.sampled_from([b" HTTP/1.1\r\n", b" HTTP/1.0\n", b" HTTP/1.1 \r\n"]),
+    st.lists(HEADER_TEXT, max_size=6),
+)
+def test_fuzz_whole_heads(method: bytes, target: bytes, version: bytes, lines: list[bytes]) -> None:
+    """Complete heads, so that the fast path gets its share: both paths agree."""
+    raw = method + b" /" + target + version + b"".join(x + b"\r\n" for x in lines) + b"\r\n"
+    assert outcome(raw) == stepwise_outcome(raw)
+    assert outcome(raw, merge_slashes=False) == stepwise_outcome(raw, merge_slashes=False)
 
 
 @settings(max_examples=300)
