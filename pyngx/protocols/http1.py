@@ -11,10 +11,13 @@ Design notes
   return a result, return None for "need more bytes", or raise. They never consume anything;
   `size` tells the caller where the head ended (a pipelined request or the body follows).
 * Whole-head, not byte-by-byte. nginx runs a state machine per byte; doing that in Python would
-  cost a function-call's worth of time per byte. We split at LF with bytes.find, match the
-  common shapes (`GET /path HTTP/1.1`, `Name: value`) with one compiled regex each, and only
-  when that fails run a slower step-wise scan (still regex runs, not single bytes) that finds
-  the exact byte where nginx would stop and why.
+  cost a function-call's worth of time per byte. The common case (a complete head within
+  nginx's first buffer, request line and header lines of the usual shapes) takes a handful of
+  C-level calls: one regex for the request line, one fullmatch that checks every header line
+  and one findall that takes them all apart, on the block decoded once. Anything else goes the
+  step-wise way: per line, bytes.find for the LF, a regex for the usual shape, and only when
+  that fails a scan (still regex runs, not single bytes) that finds the exact byte where nginx
+  stops and why. Tests hold both ways to the same decisions.
 * Fail fast like nginx. nginx answers as soon as the offending byte arrives, so every prefix of
   a request that nginx would refuse is refused here too, while every prefix of an acceptable
   request yields None.
@@ -33,6 +36,8 @@ Design notes
   syntax, Transfer-Encoding, TRACE/CONNECT) are request_framing()'s.
 * Text is decoded as UTF-8 with surrogateescape, the pyngx convention for variable values: the
   bytes survive a round trip, and file names map to what os.fsencode() gives back.
+* Reasons are the message part of nginx's error_log line. nginx caps a whole log line at 2048
+  bytes (NGX_MAX_ERROR_STR), which is the logger's business, not ours.
 * Where nginx 1.22 (Debian's, used for the differential tests) and current mainline differ, we
   follow mainline and say so: mainline parses "CONNECT host:port" and answers 405 "client sent
   CONNECT method" (1.22: 400 "client sent invalid request"); mainline's chunked parser wants
@@ -221,7 +226,8 @@ def status_line(status: int, version: str = "HTTP/1.1") -> bytes:
     """The status line nginx sends, CRLF included: b'HTTP/1.1 200 OK\\r\\n'.
 
     Codes missing from nginx's table go out as the number and one space ('HTTP/1.1 299 ');
-    494-497 go out as '400 Bad Request'. nginx itself always writes HTTP/1.1.
+    494-497 go out as '400 Bad Request'. nginx itself always writes HTTP/1.1. (For 444 and 499,
+    and 408 from a timeout or `return 408`, nginx sends nothing and closes: the caller's call.)
     """
     key = (status, version)
     line = _STATUS_LINES.get(key)
@@ -970,11 +976,11 @@ def parse_request_head(
                         underscores = new.underscores_in_headers
                         ignore_invalid = new.ignore_invalid_headers
         elif lname in _UNIQUE:
-            prev = seen.get(lname)
-            if prev is not None:
+            earlier = seen.get(lname)
+            if earlier is not None:
                 raise HttpParseError(
                     400,
-                    _duplicate("header line", _dec(name), _dec(value), prev),
+                    _duplicate("header line", _dec(name), _dec(value), earlier),
                     request_line=request_line,
                 )
             seen[lname] = (name, value)

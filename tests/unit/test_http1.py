@@ -550,6 +550,17 @@ def test_line_filling_the_last_buffer_is_quoted_with_nginx_nuls() -> None:
     assert (e.value.status, e.value.reason) == too_long(bytes(shown))
 
 
+def test_quoted_line_after_a_unique_header() -> None:
+    # the same, when the line that fills the last buffer is one nginx checks for duplicates
+    last = b"If-Match: " + b"a" * (8192 - 12)
+    raw = request([b"Host: a"] + [header(i, 8192) for i in range(3)] + [last], end=False)
+    with pytest.raises(HttpParseError) as e:
+        parse_request_head(raw)
+    shown = bytearray(last[:1748])
+    shown[8] = 0
+    assert (e.value.status, e.value.reason) == too_long(bytes(shown))
+
+
 def test_too_large_request() -> None:
     # the request line fills the only large buffer: no header line to quote
     raw = request([b"Host: a"], b"GET /" + b"a" * 1008 + b" HTTP/1.1")
@@ -815,7 +826,7 @@ REQUEST_BITS = st.sampled_from(
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=300), st.lists(REQUEST_BITS, max_size=30).map(b"".join)))
 def test_fuzz_requests(raw: bytes) -> None:
     kw: dict[str, Any] = dict(header_buffer_size=16, large_header_buffers=(3, 48))
@@ -847,7 +858,7 @@ HEADER_TEXT = st.lists(
 ).map(b"".join)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from([b"GET", b"POST", b"CONNECT", b"get"]),
     st.lists(REQUEST_BITS, max_size=6).map(b"".join),
@@ -861,7 +872,7 @@ def test_fuzz_whole_heads(method: bytes, target: bytes, version: bytes, lines: l
     assert outcome(raw, merge_slashes=False) == stepwise_outcome(raw, merge_slashes=False)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_split_target(raw: bytes) -> None:
     target = "/" + raw.decode("utf-8", "surrogateescape")
@@ -1007,7 +1018,7 @@ def test_chunked_upstream_errors() -> None:
     assert e.value.reason == "upstream sent invalid chunked response"
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=40), max_size=8), st.data())
 def test_chunked_round_trip(pieces: list[bytes], data: st.DataObject) -> None:
     wire = b"".join(encode_chunk(p) for p in pieces) + LAST_CHUNK
@@ -1021,7 +1032,7 @@ def test_chunked_round_trip(pieces: list[bytes], data: st.DataObject) -> None:
     assert b"".join(out) == b"".join(pieces) and d.done
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=100))
 def test_fuzz_chunked(raw: bytes) -> None:
     d = ChunkedDecoder(max_size=50)
@@ -1172,7 +1183,7 @@ def test_response_framing(raw: bytes, method: str, expected: tuple[Any, ...]) ->
     assert response_framing(response(raw), method) == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_response(raw: bytes) -> None:
     try:
