@@ -115,6 +115,16 @@ def _dec(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
+def _lower(s: str) -> str:
+    """ASCII-only lower case, like nginx's: str.lower() would also fold, say, the Kelvin sign
+    into 'k' and let "CHUN\u212aED" pass for "chunked"."""
+    return (
+        s.lower()
+        if s.isascii()
+        else s.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # results
 
@@ -268,8 +278,7 @@ def validate_host(host: str | bytes) -> str | None:
         host_len -= 1
     if host_len == 0:
         return None
-    h = host[:host_len]
-    return h.lower() if h.isascii() else _dec(h.encode("utf-8", "surrogateescape").lower())
+    return _lower(host[:host_len])
 
 
 _HOST_BAD_STR = re.compile(r"[\x00-\x20\x7f/]|\.\.")
@@ -1088,7 +1097,7 @@ def request_framing(head: RequestHead, host_from_target: str | None) -> BodyFram
     conn_tokens: list[str] = []
     upgrade = False
     for name, value in head.headers:
-        lname = name.lower()
+        lname = _lower(name)
         if lname == "host":
             if host_line is not None:
                 raise HttpParseError(
@@ -1108,7 +1117,7 @@ def request_framing(head: RequestHead, host_from_target: str | None) -> BodyFram
                 )
             seen[lname] = (name, value)
         elif lname == "connection":
-            low = value.lower()
+            low = _lower(value)
             # nginx looks for the words anywhere in the value, last header wins
             if "close" in low:
                 connection = 1
@@ -1138,7 +1147,7 @@ def request_framing(head: RequestHead, host_from_target: str | None) -> BodyFram
                 'client sent HTTP/1.0 request with "Transfer-Encoding" header',
                 request_line=rl,
             )
-        if te[1].lower() == "chunked":
+        if _lower(te[1]) == "chunked":
             if cl is not None:
                 raise HttpParseError(
                     400,
@@ -1166,7 +1175,7 @@ def request_framing(head: RequestHead, host_from_target: str | None) -> BodyFram
         chunked=chunked,
         keepalive=keepalive and not http09,
         expect_continue=(
-            expect is not None and head.version >= (1, 1) and expect[1].lower() == "100-continue"
+            expect is not None and head.version >= (1, 1) and _lower(expect[1]) == "100-continue"
         ),
         upgrade=upgrade and "upgrade" in conn_tokens,
         host=host or "",
@@ -1430,7 +1439,7 @@ class _UpstreamHeaders:
         self.close = False
 
     def add(self, name: str, value: str) -> None:
-        lname = name.lower()
+        lname = _lower(name)
         if lname == "content-length":
             if self.cl_line is not None:
                 raise UpstreamParseError(_upstream_duplicate(name, value, self.cl_line))
@@ -1448,10 +1457,10 @@ class _UpstreamHeaders:
             if self.cl_line is not None:
                 raise UpstreamParseError(_UPSTREAM_CL_AND_TE)
             self.te_line = (name, value)
-            if value.lower() != "chunked":
+            if _lower(value) != "chunked":
                 raise UpstreamParseError(f'upstream sent unknown "Transfer-Encoding": "{value}"')
             self.chunked = True
-        elif lname == "connection" and "close" in value.lower():
+        elif lname == "connection" and "close" in _lower(value):
             self.close = True
 
 

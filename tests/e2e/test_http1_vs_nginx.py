@@ -175,6 +175,7 @@ CASES: dict[str, bytes] = {
     "chunked and Content-Length": P11 + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
     "Transfer-Encoding gzip": P11 + b"Transfer-Encoding: gzip\r\n\r\n",
     "chunked, chunked": P11 + b"Transfer-Encoding: chunked, chunked\r\n\r\n",
+    "Kelvin sign in chunked": P11 + b"Transfer-Encoding: CHUN\xe2\x84\xaaED\r\n\r\n",
     "duplicate chunked": P11 + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
     "space before colon": P11 + b"Transfer-Encoding : chunked\r\n\r\n",
     "Transfer_Encoding dropped": P11 + b"Transfer_Encoding: chunked\r\nContent-Length: 1\r\n\r\nx",

@@ -392,6 +392,19 @@ def test_smuggling_attempts_are_refused(raw: bytes, status: int, reason: str) ->
     assert error_of(raw) == (status, reason)
 
 
+def test_case_folding_is_ascii_only() -> None:
+    # the Kelvin sign lower-cases to "k" in Unicode, not in nginx
+    kelvin = "\u212a".encode()
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUN" + kelvin + b"ED\r\n\r\n"
+    assert error_of(raw) == (501, 'client sent unknown "Transfer-Encoding": "CHUN\u212aED"')
+    raw = b"GET / HTTP/1.0\r\nConnection: \xe2\x84\xaaeep-alive\r\n\r\n"
+    assert request_framing(head_of(raw), None).keepalive is False
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chun" + kelvin + b"ed\r\n\r\n"
+    with pytest.raises(UpstreamParseError):
+        parse_response_head(raw, 4096)
+    assert validate_host("\u212a.example") == "\u212a.example"
+
+
 def test_underscored_transfer_encoding_is_dropped_not_obeyed() -> None:
     # nginx drops "Transfer_Encoding" (invalid name), so the body is framed by Content-Length
     raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
