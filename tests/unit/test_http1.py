@@ -1067,6 +1067,13 @@ def test_encode_chunk() -> None:
 # upstream response heads
 
 
+def response_outcome(raw: bytes, max_size: int) -> object:
+    try:
+        return parse_response_head(raw, max_size)
+    except UpstreamParseError as e:
+        return e.reason
+
+
 def response(raw: bytes, max_size: int = 4096) -> ResponseHead:
     head = parse_response_head(raw, max_size)
     assert head is not None, raw
@@ -1114,6 +1121,11 @@ def test_response_heads(raw: bytes, fields: dict[str, Any]) -> None:
     head = response(raw)
     for name, value in fields.items():
         assert getattr(head, name) == value, name
+    http1._FAST_PATH = False
+    try:
+        assert response(raw) == head
+    finally:
+        http1._FAST_PATH = True
 
 
 @pytest.mark.parametrize(
@@ -1167,9 +1179,12 @@ def test_response_http09(raw: bytes) -> None:
     ],
 )
 def test_response_errors(raw: bytes, reason: str) -> None:
-    with pytest.raises(UpstreamParseError) as e:
-        parse_response_head(raw, 4096)
-    assert e.value.reason == reason
+    assert response_outcome(raw, 4096) == reason
+    http1._FAST_PATH = False
+    try:
+        assert response_outcome(raw, 4096) == reason
+    finally:
+        http1._FAST_PATH = True
 
 
 def test_response_head_exactly_max_size() -> None:
@@ -1194,6 +1209,18 @@ def test_response_head_exactly_max_size() -> None:
 )
 def test_response_framing(raw: bytes, method: str, expected: tuple[Any, ...]) -> None:
     assert response_framing(response(raw), method) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(HEADER_TEXT, max_size=6), st.integers(20, 200))
+def test_fuzz_response_paths_agree(lines: list[bytes], max_size: int) -> None:
+    raw = b"HTTP/1.1 200 OK\r\n" + b"".join(x + b"\r\n" for x in lines) + b"\r\nbody"
+    fast = response_outcome(raw, max_size)
+    http1._FAST_PATH = False
+    try:
+        assert response_outcome(raw, max_size) == fast
+    finally:
+        http1._FAST_PATH = True
 
 
 @settings(max_examples=300, deadline=None)
