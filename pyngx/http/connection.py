@@ -286,7 +286,7 @@ class HttpConnection(asyncio.Protocol):
         req.args = ""
         req.request_uri = ""
         req.request_line = _first_line(data)
-        req.version = (1, 1)
+        req.version = (0, 9) if exc.http09 else (1, 1)
         req.headers = {}
         req.header_list = []
         req.host = ""

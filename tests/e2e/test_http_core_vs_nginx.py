@@ -42,7 +42,7 @@ def _tree(root: Path) -> None:
 
 
 def _config(port: int, root: Path) -> str:
-    return f"""
+    return rf"""
 http {{
     types {{ text/html html; text/plain txt; text/css css; }}
     default_type application/octet-stream;
@@ -224,6 +224,38 @@ CASES: dict[str, bytes] = {
         "/a.txt", extra="If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
     ),
     "if-match fail": _req("/a.txt", extra='If-Match: "nope"\r\n'),
+    "too long uri": b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "too long header": _req("/a.txt", extra="X-Big: " + "h" * 9000 + "\r\n"),
+    "too many headers": _req(
+        "/a.txt", extra="".join(f"X-H{i}: {'v' * 4000}\r\n" for i in range(12))
+    ),
+    "cl and te": _req(
+        "/a.txt",
+        "POST",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"0\r\n\r\n",
+    ),
+    "te gzip": _req("/a.txt", "POST", "Transfer-Encoding: gzip\r\n", b"x"),
+    "bad chunk": _req("/a.txt", extra="Transfer-Encoding: chunked\r\n", body=b"zz\r\n"),
+    "bad content-length": _req("/a.txt", extra="Content-Length: 1x\r\n"),
+    "dup content-length": _req(
+        "/a.txt", extra="Content-Length: 1\r\nContent-Length: 1\r\n", body=b"x"
+    ),
+    "no host 1.1": b"GET /a.txt HTTP/1.1\r\n\r\n",
+    "dup host": _req("/a.txt", extra="Host: other\r\n"),
+    "bad host": b"GET /a.txt HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "bad method": b"G@T /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad version": b"GET /a.txt HTTP/2.0\r\nHost: x\r\n\r\n",
+    "http09": b"GET /a.txt\r\n",
+    "http09 post": b"POST /a.txt\r\n",
+    "trace": _req("/a.txt", "TRACE"),
+    "absolute uri": b"GET http://localhost/a.txt?q HTTP/1.1\r\nHost: other\r\n\r\n",
+    "dotdot above root": _req("/../a.txt"),
+    "encoded nul": _req("/a%00.txt"),
+    "space in header name": _req("/a.txt", extra="X Y: z\r\n"),
+    "underscore header": _req("/if/", extra="X_Test: abc\r\n"),
+    "obs fold": _req("/a.txt", extra="X-A: 1\r\n  folded\r\n"),
+    "lf only": b"GET /a.txt HTTP/1.1\nHost: localhost\n\n",
     "return text": _req("/ret/text?a=1"),
     "return empty": _req("/ret/empty"),
     "return 404": _req("/ret/404"),
