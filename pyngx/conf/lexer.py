@@ -3,7 +3,8 @@
 Tokens are words, `;`, `{` and `}`. Words may be quoted with `"` or `'`; inside any word a
 backslash escapes the next character, and `\\"`, `\\'`, `\\\\`, `\\t`, `\\r`, `\\n` are
 translated while other escapes are kept verbatim, exactly as nginx copies tokens. `#` starts a
-comment only at the start of a token. `${name}` inside an unquoted word keeps its braces; `}` does not end a word.
+comment only at the start of a token. `${name}` inside an unquoted word keeps its braces;
+`}` does not end a word.
 """
 
 from __future__ import annotations
