@@ -175,8 +175,13 @@ def show_version(configure: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ensure_std_fds()
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["doctor"]:
+        from pyngx.doctor import main as doctor
+
+        return doctor(args[1:])
     try:
-        opts = parse_args(sys.argv[1:] if argv is None else argv)
+        opts = parse_args(args)
     except UsageError as exc:
         err(str(exc))
         return 1
