@@ -42,8 +42,8 @@ def _backend(mode: str) -> tuple[socket.socket, threading.Thread]:
 def _doctor(tmp_path: Path, upstream_port: int) -> subprocess.CompletedProcess[str]:
     conf = tmp_path / "pyngx.conf"
     conf.write_text(
-        "events {}\nstream { server { listen 127.0.0.1:%d; proxy_pass 127.0.0.1:%d; "
-        "proxy_protocol on; } }\n" % (free_port(), upstream_port)
+        f"events {{}}\nstream {{ server {{ listen 127.0.0.1:{free_port()}; "
+        f"proxy_pass 127.0.0.1:{upstream_port}; proxy_protocol on; }} }}\n"
     )
     (tmp_path / "logs").mkdir(exist_ok=True)
     return subprocess.run(
