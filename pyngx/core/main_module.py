@@ -25,7 +25,7 @@ from pyngx.core.log import LEVEL_INDEX
 
 MAIN, EVENTS = "main", "events"
 # Contexts whose blocks may carry an error_log of their own.
-ERROR_LOG_CONTEXTS = ("main", "stream", "stream_server", "http", "http_server", "location")
+ERROR_LOG_CONTEXTS = ("main", "stream", "stream_server", "http", "http_server", "http_location")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ from pyngx.protocols.http1 import (
     HttpParseError,
     parse_request_head,
     request_framing,
-    split_target,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +120,7 @@ class HttpConnection(asyncio.Protocol):
         "head_started",
         "on_drain",
         "by_addr",
+        "timer_at",
     )
 
     def __init__(self, worker: Any, port: HttpPort, by_addr: dict[str, Any] | None = None) -> None:
@@ -140,6 +140,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""
         self.deadline = 0.0
+        self.timer_at = 0.0
         self.pp: Any = None
         self.is_ssl = False
         self.head_started = 0.0
@@ -218,7 +219,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = _CLOSED
         if req is not None and not req.done:
             self._client_gone(req)
-        self._cancel_timer()
+        self._drop_timer()
         self.worker.http_connections.discard(self)
         self.worker.http_connection_closed(self)
         waiters, self.drain_waiters = self.drain_waiters, None
@@ -263,6 +264,7 @@ class HttpConnection(asyncio.Protocol):
                     large_header_buffers=srv.large_header_buffers,
                     underscores_in_headers=srv.underscores_in_headers,
                     ignore_invalid_headers=srv.ignore_invalid_headers,
+                    merge_slashes=srv.merge_slashes,
                 )
             except HttpParseError as exc:
                 self._bad_request(exc, data)
@@ -285,7 +287,7 @@ class HttpConnection(asyncio.Protocol):
         req.uri = ""
         req.args = ""
         req.request_uri = ""
-        req.request_line = _first_line(data)
+        req.request_line = exc.request_line or _first_line(data)
         req.version = (0, 9) if exc.http09 else (1, 1)
         req.headers = {}
         req.header_list = []
@@ -302,7 +304,7 @@ class HttpConnection(asyncio.Protocol):
         srv = self.default
         req = Request(self, srv)
         req.method = head.method
-        req.request_uri = head.target
+        req.request_uri = head.request_uri
         req.request_line = head.request_line
         req.version = head.version
         req.header_list = head.headers
@@ -318,11 +320,14 @@ class HttpConnection(asyncio.Protocol):
         self.request = req
         self.state = _BUSY
         self.requests += 1
-        req.uri = req.args = req.host = ""
+        req.uri = head.uri
+        req.args = head.args
+        req.host = ""
+        if head.ignored:
+            for text in head.ignored:
+                req.log(INFO, text)
         try:
-            uri, args, target_host = split_target(head.target, merge_slashes=srv.merge_slashes)
-            req.uri, req.args = uri, args
-            framing = request_framing(head, target_host)
+            framing = request_framing(head, head.target_host)
         except HttpParseError as exc:
             req.keepalive = False
             req.framing = None
@@ -494,12 +499,23 @@ class HttpConnection(asyncio.Protocol):
     # -- the timer --------------------------------------------------------------------------
 
     def _arm(self, kind: str, timeout: float) -> None:
+        # The pending timer is kept when it fires no later than the new deadline (it re-arms
+        # itself from `deadline`): no cancel and new handle on every request.
         self.timer_kind = kind
-        self.deadline = self.loop.time() + timeout
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+        deadline = self.loop.time() + timeout
+        self.deadline = deadline
+        t = self.timer
+        if t is None or deadline < self.timer_at:
+            if t is not None:
+                t.cancel()
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
+            self.timer_at = deadline
 
     def _cancel_timer(self) -> None:
+        # Lazily: a pending timer finds no kind and ends (see _drop_timer for closing).
+        self.timer_kind = ""
+
+    def _drop_timer(self) -> None:
         self.timer_kind = ""
         t = self.timer
         if t is not None:
@@ -514,6 +530,7 @@ class HttpConnection(asyncio.Protocol):
         now = self.loop.time()
         if now < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+            self.timer_at = self.deadline
             return
         if kind == "keepalive":
             self.abort_quietly()
