@@ -1,7 +1,7 @@
-"""`python -m bench`: run the stream benchmark (see bench/README.md)."""
+"""`python -m bench`: the stream (S1-S3) and HTTP (S4-S7) benchmarks (see bench/README.md)."""
 
 import sys
 
-from bench.stream_bench import main
+from bench.http_bench import main
 
 sys.exit(main())

@@ -178,6 +178,32 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 # -- servers under test and the nginx banner backend -----------------------------------------
 
 
+class StartError(RuntimeError):
+    """The server exited at startup, typically refusing the configuration: `reason` is its
+    message ('unknown directive "proxy_cache" in ...')."""
+
+    def __init__(self, name: str, reason: str, prefix: str) -> None:
+        super().__init__(f"{name} exited at startup: {reason} (see {prefix}/logs/)")
+        self.reason = reason
+
+
+def _strip_log_prefix(line: str) -> str:
+    """'2026/11/26 13:01:23 [emerg] 4082#0: unknown ...' or 'pyngx: [emerg] unknown ...' →
+    '[emerg] unknown ...'."""
+    at = line.find(" [")
+    if at < 0 or line.startswith("["):
+        return line
+    rest = line[at + 1 :]
+    level_end = rest.find("] ")
+    if level_end < 0:
+        return line
+    level, text = rest[: level_end + 1], rest[level_end + 2 :]
+    pid, sep, msg = text.partition(": ")
+    if sep and pid.partition("#")[0].isdigit():
+        text = msg
+    return f"{level} {text}"
+
+
 class Server:
     """nginx or pyngx run as a master with workers, from a prefix directory of its own."""
 
@@ -232,13 +258,27 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at startup; see {self.prefix}/logs/")
+                raise StartError(self.name, self.startup_error(), self.prefix)
             if self._pid_file() == self.proc.pid and len(children(self.proc.pid)) >= self.workers:
                 time.sleep(0.3)  # let the workers reach their event loops
                 return
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"{self.name} did not start within {timeout:.0f}s")
+
+    def startup_error(self) -> str:
+        """Why it exited at startup: the last [emerg]/[alert] line it wrote (the error log may
+        not be open yet when the configuration is refused, so stderr is read too)."""
+        lines: list[str] = []
+        for path in (os.path.join(self.prefix, "logs", "stderr.log"), self.error_log):
+            try:
+                with open(path, errors="replace") as f:
+                    # A message may lack its newline; "\n" and the program's prefix split them.
+                    lines += f.read().replace(" nginx: [", "\nnginx: [").splitlines()
+            except OSError:
+                pass
+        worst = [ln for ln in lines if "[emerg]" in ln or "[alert]" in ln] or lines
+        return _strip_log_prefix(worst[-1].strip()) if worst else "no message"
 
     def _pid_file(self) -> int | None:
         try:
