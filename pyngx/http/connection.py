@@ -34,6 +34,11 @@ PIPELINE_LIMIT = 64 * 1024
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
+# Identical request heads (health checks, API clients, benchmarks) are parsed once: the
+# parse, framing and header dict depend only on the bytes and the default server's settings.
+HEAD_CACHE_MAX_HEAD = 2048
+HEAD_CACHE_ENTRIES = 256
+
 _ETIMEDOUT = "110: Connection timed out"
 _IDLE, _HEAD, _BUSY, _DISCARD, _CLOSED = range(5)
 
@@ -257,6 +262,17 @@ class HttpConnection(asyncio.Protocol):
             if self.state == _IDLE:
                 self.state = _HEAD
                 self._arm("header", srv.header_timeout)
+            end = data.find(b"\r\n\r\n", 0, HEAD_CACHE_MAX_HEAD)
+            if end > 0:
+                hit = srv.head_cache.get(data[: end + 4])
+                if hit is not None:
+                    self.buf = b""
+                    self._start_request(hit[0], data[end + 4 :], hit)
+                    if self.state != _IDLE or not self.buf:
+                        return
+                    data = self.buf
+                    self.buf = b""
+                    continue
             try:
                 head = parse_request_head(
                     data,
@@ -274,7 +290,13 @@ class HttpConnection(asyncio.Protocol):
                 return
             rest = data[head.size :]
             self.buf = b""
-            self._start_request(head, rest)
+            key = None
+            if head.size <= HEAD_CACHE_MAX_HEAD and not head.ignored:
+                k = data[: head.size]
+                # Only a head the cache lookup finds: CRLF lines, no leading empty lines.
+                if k.find(b"\r\n\r\n") == len(k) - 4 and k[:1] not in (b"\r", b"\n"):
+                    key = bytes(k)
+            self._start_request(head, rest, None, key)
             if self.state != _IDLE or not self.buf:
                 return
             # A pipelined request is already buffered: go on with it now.
@@ -300,21 +322,27 @@ class HttpConnection(asyncio.Protocol):
         req.log(INFO, exc.reason)
         req.finalize(exc.status)
 
-    def _start_request(self, head: Any, rest: bytes) -> None:
+    def _start_request(
+        self, head: Any, rest: bytes, cached: Any = None, key: bytes | None = None
+    ) -> None:
         srv = self.default
         req = Request(self, srv)
         req.method = head.method
         req.request_uri = head.request_uri
         req.request_line = head.request_line
         req.version = head.version
+        # Shared with the head cache: handlers treat header_list and headers as read-only.
         req.header_list = head.headers
-        headers: dict[str, str] = {}
-        for name, value in head.headers:
-            key = name.lower()
-            if key not in headers:
-                headers[key] = value
-            elif key == "cookie":
-                headers[key] += "; " + value
+        if cached is not None:
+            headers = cached[2]
+        else:
+            headers = {}
+            for name, value in head.headers:
+                lname = name.lower()
+                if lname not in headers:
+                    headers[lname] = value
+                elif lname == "cookie":
+                    headers[lname] += "; " + value
         req.headers = headers
         req.request_length = head.size
         self.request = req
@@ -326,14 +354,22 @@ class HttpConnection(asyncio.Protocol):
         if head.ignored:
             for text in head.ignored:
                 req.log(INFO, text)
-        try:
-            framing = request_framing(head, head.target_host)
-        except HttpParseError as exc:
-            req.keepalive = False
-            req.framing = None
-            req.log(INFO, exc.reason)
-            req.finalize(exc.status)
-            return
+        if cached is not None:
+            framing = cached[1]
+        else:
+            try:
+                framing = request_framing(head, head.target_host)
+            except HttpParseError as exc:
+                req.keepalive = False
+                req.framing = None
+                req.log(INFO, exc.reason)
+                req.finalize(exc.status)
+                return
+            if key is not None:
+                cache = srv.head_cache
+                if len(cache) >= HEAD_CACHE_ENTRIES:
+                    cache.clear()
+                cache[key] = (head, framing, headers)
         req.framing = framing
         req.host = framing.host
         req.keepalive = framing.keepalive

@@ -91,6 +91,8 @@ class ServerConf:
     ssl: Any = None
     name_nodes: list[Any] = field(default_factory=list)
     ctx: Any = None
+    # Parsed heads by their exact bytes (connection.HEAD_CACHE_*): per worker, bounded.
+    head_cache: dict[bytes, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -695,6 +697,7 @@ def build(
     prefix: Callable[[str], str],
 ) -> HttpConf:
     from pyngx.http.mime import default_types
+    from pyngx.http.static import serve as static_serve
 
     http.slots["__default_types__"] = default_types()
     log_cache: dict[int, list[AccessLog]] = {}
@@ -718,6 +721,9 @@ def build(
             if configure is not None:
                 configure(ctx, loc)
         loc.access_phase = tuple(loc.phase_preaccess + loc.phase_access)
+        if loc.content is None:
+            # nginx's default content handlers: index, autoindex, static.
+            loc.content = static_serve
         # `if` blocks: their LocationConf switches in when the condition holds.
         for child in ctx.children:
             if child.kind == LIF:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx import NGINX_COMPAT_VERSION
 from pyngx.core.log import ALERT, ERROR, INFO, NOTICE
+from pyngx.http.expires import expires_headers
 from pyngx.http.httpdate import http_date
+from pyngx.http.locations import REDIRECT_SLASH
 from pyngx.http.rewrite import set_captures
 from pyngx.http.special_response import error_page_body, status_line
 
@@ -35,19 +37,51 @@ DONE = -1  # a handler's "the response is (being) sent, nothing to finalize"
 
 
 class _DateCache:
-    __slots__ = ("second", "text")
+    """The Date header, formatted once a second (nginx caches its time strings too)."""
+
+    __slots__ = ("second", "text", "header")
 
     def __init__(self) -> None:
         self.second = -1
         self.text = ""
+        self.header = ""
 
     def now(self) -> str:
-        t = time.time()
-        s = int(t)
+        s = int(time.time())
         if s != self.second:
             self.second = s
             self.text = http_date(s)
+            self.header = f"Date: {self.text}\r\n"
         return self.text
+
+    def line(self) -> str:
+        s = int(time.time())
+        if s != self.second:
+            self.now()
+        return self.header
+
+
+_STATUS_LINES: dict[int, str] = {}
+
+
+def _status_text(status: int) -> str:
+    line = f"HTTP/1.1 {status_line(status).decode()}\r\n"
+    if len(_STATUS_LINES) < 1000:
+        _STATUS_LINES[status] = line
+    return line
+
+
+_LAST_MODIFIED: dict[float, str] = {}
+
+
+def _last_modified_line(t: float) -> str:
+    # Files keep their mtime for many requests: format each one once (bounded).
+    line = _LAST_MODIFIED.get(t)
+    if line is None:
+        if len(_LAST_MODIFIED) > 4096:
+            _LAST_MODIFIED.clear()
+        line = _LAST_MODIFIED[t] = f"Last-Modified: {http_date(t)}\r\n"
+    return line
 
 
 DATE = _DateCache()
@@ -241,12 +275,7 @@ class Request:
                 if st != DONE:
                     self.finalize(st)
                 return
-        handler = loc.content
-        if handler is None:
-            from pyngx.http.static import serve
-
-            handler = serve
-        result = handler(self)
+        result = loc.content(self)
         if result is None or result == DONE:
             return
         if isinstance(result, int):
@@ -272,7 +301,7 @@ class Request:
             self.loc = srv.conf
         else:
             conf, match = found
-            if conf is _REDIRECT_SLASH():
+            if conf is REDIRECT_SLASH:
                 return self.redirect_slash()
             self.loc = conf
             if match is not None:
@@ -471,10 +500,11 @@ class Request:
             # full URL stays in the headers list, after Connection (nginx's order).
             location_first = out.location.startswith("/") and loc.absolute_redirect
             self._absolute_location()
-        parts = [f"HTTP/1.1 {status_line(status).decode()}\r\n"]
-        tokens = loc.server_tokens
-        parts.append(SERVER_OFF if tokens == "off" else SERVER_ON)
-        parts.append(f"Date: {DATE.now()}\r\n")
+        parts = [
+            _STATUS_LINES.get(status) or _status_text(status),
+            SERVER_OFF if loc.server_tokens == "off" else SERVER_ON,
+            DATE.line(),
+        ]
         if out.content_type is not None:
             if out.charset:
                 parts.append(f"Content-Type: {out.content_type}; charset={out.charset}\r\n")
@@ -483,7 +513,7 @@ class Request:
         if out.content_length is not None:
             parts.append(f"Content-Length: {out.content_length}\r\n")
         if out.last_modified is not None and status in (200, 206, 304):
-            parts.append(f"Last-Modified: {http_date(out.last_modified)}\r\n")
+            parts.append(_last_modified_line(out.last_modified))
         if out.location is not None and location_first:
             parts.append(f"Location: {out.location}\r\n")
         if self.chunked:
@@ -516,8 +546,6 @@ class Request:
         ok = status in (200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
         expires = loc.expires
         if expires is not None and ok:
-            from pyngx.http.expires import expires_headers
-
             expires_headers(self, expires, parts)
         for name, value, always in loc.add_headers:
             if ok or always:
@@ -540,12 +568,6 @@ class Request:
         default = 443 if ssl else 80
         port_text = f":{port}" if self.loc.port_in_redirect and port != default else ""
         out.location = f"{'https' if ssl else 'http'}://{host}{port_text}{loc_value}"
-
-
-def _REDIRECT_SLASH() -> object:
-    from pyngx.http.locations import REDIRECT_SLASH
-
-    return REDIRECT_SLASH
 
 
 __all__ = ["DONE", "Request", "ResponseHead"]

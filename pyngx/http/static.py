@@ -14,7 +14,10 @@ import stat
 from typing import Any
 
 from pyngx.core.log import CRIT, ERROR
+from pyngx.http.conditional import make_etag, not_modified, stat_mtime
 from pyngx.http.request import DONE
+
+_CONDITIONAL = ("if-modified-since", "if-none-match", "if-match", "if-unmodified-since")
 
 SMALL_FILE = 256 * 1024
 LARGE_CHUNK = 256 * 1024
@@ -110,8 +113,6 @@ def serve(r: Any) -> int | None:
 
 
 def send_file(r: Any, fd: int, st: os.stat_result, path: str) -> int | None:
-    from pyngx.http.conditional import make_etag, not_modified, stat_mtime
-
     out = r.out
     size = st.st_size
     out.content_type = _mime(r, r.uri)
@@ -119,7 +120,8 @@ def send_file(r: Any, fd: int, st: os.stat_result, path: str) -> int | None:
     if r.loc.etag:
         out.etag = make_etag(stat_mtime(st), size)
     r.status = 200
-    if r.loc.if_modified_since != "off" or "if-none-match" in r.headers:
+    headers = r.headers
+    if any(h in headers for h in _CONDITIONAL):
         st_code = not_modified(r.headers, 200, out.last_modified, out.etag, r.loc.if_modified_since)
         if st_code is not None:
             if st_code == 304:
