@@ -1,0 +1,1272 @@
+"""ngx_http_ssl_module: `listen ... ssl`, and the start of a connection before its first request
+(the PROXY header of `listen ... proxy_protocol`, then TLS).
+
+Configuration
+-------------
+Every server with certificates (its own or inherited) gets SSLContexts when the configuration
+is loaded (in the master, so a broken certificate fails `-t`, start-up and reload as in nginx;
+workers inherit them). Servers with the same settings share one context. A server can need two
+variants, with and without `h2` in its ALPN list (`listen ... http2` on one of its addresses,
+`http2 on` in it); each variant is built once. `ServerConf.ssl` holds a `ServerTls`.
+`HttpPort.ssl` stays None: the listening socket is a plain one (the worker must not wrap it),
+because TLS starts only after the PROXY header and after the first bytes have shown whether the
+client speaks TLS at all.
+
+The connection (the preface)
+----------------------------
+`start_preface(conn)` is called by HttpConnection.connection_made on an ssl or proxy_protocol
+port. The Preface protocol takes the transport until the request-reading part can begin:
+1. the PROXY header, read from the first bytes as nginx does (a header that is not complete in
+   them is broken), kept as `conn.pp`;
+2. on an ssl port, the first byte: 0x16 or one with the high bit set is TLS, anything else is
+   plain HTTP, which goes to the connection as it is (the request is then answered with 497,
+   "400 The plain HTTP request was sent to HTTPS port", as nginx answers it);
+3. the ClientHello is read whole (pyngx/protocols/tls_client_hello.py) to pick the server its
+   SNI names, as nginx's servername callback does; the handshake then starts with that server's
+   context, so its certificate, its ssl_verify_client and its ALPN apply. (Python cannot change
+   the verify mode of a handshake once it has started, which nginx's callback does.) A hello
+   the reader cannot take is left to OpenSSL with the default server's context, and the SNI
+   callback then switches the certificate the way nginx does.
+4. `loop.start_tls`, driven synchronously (stream/tls.py's Stepper) so the transport changes
+   hands before more bytes arrive; the bytes read so far are fed to the SSL protocol. Then the
+   TLS transport goes to the connection (`conn.transport`, `conn.is_ssl`); with `h2` chosen by
+   ALPN, `pyngx.http.h2.upgrade(conn)` takes over if that module exists.
+client_header_timeout runs from the accept through all of this, as nginx's
+post_accept_timeout does, with nginx's log lines for each stage.
+
+Requests (POST_READ)
+--------------------
+`post_read(r)` does nginx's checks before the server rewrite phase: 497 for plain HTTP on an
+ssl port; 421 when the SNI selected a server and the Host names another one that wants client
+certificates; 496 when the server has `ssl_verify_client on` and the client sent none.
+
+What Python's ssl cannot do, and is accepted but not honoured:
+- ssl_verify_client: untrusted client certificates fail the handshake (nginx completes it and
+  answers 495); `optional_no_ca` therefore behaves as `optional`; no CA names are sent in the
+  certificate request; ssl_verify_depth is not enforced (chains are checked fully).
+- ssl_session_cache, ssl_session_timeout, ssl_session_ticket_key, ssl_buffer_size: OpenSSL's
+  per-process session cache, its 300 s timeout and per-context ticket keys (the same in every
+  worker, which inherit them) apply.
+- ssl_ecdh_curve with a list: the names are checked, OpenSSL's default groups stay in use.
+- ssl_stapling*, ssl_ocsp*, ssl_conf_command, ssl_early_data: accepted; stapling, OCSP and
+  conf commands are warned about when switched on; early data is never accepted.
+- $ssl_curves is not provided (no access to the client's groups).
+- certificate paths with variables may use $ssl_server_name only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import ssl
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from pyngx.conf.errors import ConfigError
+from pyngx.conf.parser import Node
+from pyngx.conf.registry import (
+    ONEMORE,
+    TAKE2,
+    TAKE12,
+    TAKE123,
+    Context,
+    Registry,
+    flag_slot,
+    number_slot,
+    size_slot,
+    str_slot,
+    time_slot,
+)
+from pyngx.conf.variables import VariableTable, has_variables
+from pyngx.core.log import CRIT, ERROR, INFO
+from pyngx.http import request as request_mod
+from pyngx.http.module import HTTP, SRV
+from pyngx.protocols import proxy_protocol as pp
+from pyngx.protocols import tls_client_hello
+from pyngx.stream import tls as stream_tls
+from pyngx.stream.pass_module import feed_tls
+from pyngx.stream.session import _broken_header_message
+
+MAIN_SRV = (HTTP, SRV)
+
+DEFAULT_PROTOCOLS = ("TLSv1.2", "TLSv1.3")  # nginx's default since 1.23.4
+DEFAULT_CIPHERS = "HIGH:!aNULL:!MD5"
+VERIFY = ("off", "on", "optional", "optional_no_ca")
+_TLS_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_PROTOCOL_NAMES = ("SSLv2", "SSLv3", *_TLS_VERSIONS)
+
+# nginx's ngx_http_ssl_alpn_select list, in its order of preference.
+ALPN_HTTP1 = ("http/1.1", "http/1.0", "http/0.9")
+ALPN_H2 = ("h2", *ALPN_HTTP1)
+
+ALERT_UNRECOGNIZED_NAME = 112
+ALERT_NO_APPLICATION_PROTOCOL = 120
+# A fatal alert record before the handshake has a version (TLS 1.2 framing, as OpenSSL's).
+_ALERT_RECORD = b"\x15\x03\x03\x00\x02\x02"
+
+# The reader gives up on a ClientHello this large and lets OpenSSL handle it.
+HELLO_LIMIT = 16384
+
+_ETIMEDOUT = "110: Connection timed out"
+
+
+# -- OpenSSL error texts, as nginx prints them --------------------------------------------
+
+_LIB_TEXT = {
+    "SSL": "SSL routines",
+    "PEM": "PEM routines",
+    "X509": "x509 certificate routines",
+    "BIO": "BIO routines",
+    "DECODER": "DECODER routines",
+    "EVP": "digital envelope routines",
+    "ASN1": "asn1 encoding routines",
+    "RSA": "rsa routines",
+    "EC": "elliptic curve routines",
+    "SYS": "system library",
+}
+
+# Reasons nginx logs at `info` (ngx_ssl_connection_error), the rest at `crit`.
+_INFO_REASONS_TEXT = """
+    BAD_CHANGE_CIPHER_SPEC NO_SUITABLE_KEY_SHARE BAD_ALERT BAD_KEY_SHARE BAD_EXTENSION
+    BAD_DIGEST_LENGTH MISSING_SIGALGS_EXTENSION BAD_PACKET_LENGTH
+    NO_SUITABLE_SIGNATURE_ALGORITHM BAD_KEY_UPDATE BLOCK_CIPHER_PAD_IS_WRONG CCS_RECEIVED_EARLY
+    DECODE_ERROR DATA_BETWEEN_CCS_AND_FINISHED DATA_LENGTH_TOO_LONG DIGEST_CHECK_FAILED
+    ENCRYPTED_LENGTH_TOO_LONG ERROR_IN_RECEIVED_CIPHER_LIST EXCESSIVE_MESSAGE_SIZE
+    GOT_A_FIN_BEFORE_A_CCS HTTPS_PROXY_REQUEST HTTP_REQUEST LENGTH_MISMATCH LENGTH_TOO_SHORT
+    NO_RENEGOTIATION NO_CIPHERS_PASSED NO_CIPHERS_SPECIFIED BAD_CIPHER NO_COMPRESSION_SPECIFIED
+    NO_SHARED_CIPHER PACKET_LENGTH_TOO_LONG RECORD_LENGTH_MISMATCH TOO_MANY_WARNING_ALERTS
+    CLIENTHELLO_TLSEXT PARSE_TLSEXT CALLBACK_FAILED NO_APPLICATION_PROTOCOL UNEXPECTED_MESSAGE
+    UNEXPECTED_RECORD UNKNOWN_ALERT_TYPE UNKNOWN_PROTOCOL NO_COMMON_SIGNATURE_ALGORITHMS
+    INVALID_COMPRESSION_LIST MISSING_KEY_SHARE UNSUPPORTED_PROTOCOL NO_SHARED_GROUP
+    WRONG_VERSION_NUMBER TOO_MUCH_SKIPPED_EARLY_DATA BAD_LENGTH
+    DECRYPTION_FAILED_OR_BAD_RECORD_MAC APPLICATION_DATA_AFTER_CLOSE_NOTIFY BAD_LEGACY_VERSION
+    MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA RECORD_TOO_SMALL SSL3_SESSION_ID_TOO_LONG BAD_ECPOINT
+    RENEGOTIATE_EXT_TOO_LONG RENEGOTIATION_ENCODING_ERR RENEGOTIATION_MISMATCH
+    UNSAFE_LEGACY_RENEGOTIATION_DISABLED SCSV_RECEIVED_WHEN_RENEGOTIATING INAPPROPRIATE_FALLBACK
+    NO_SHARED_SIGNATURE_ALGORITHMS CERT_CB_ERROR VERSION_TOO_LOW TOO_MANY_WARN_ALERTS
+    BAD_RECORD_TYPE SSLV3_ALERT_CLOSE_NOTIFY SSLV3_ALERT_UNEXPECTED_MESSAGE
+    SSLV3_ALERT_BAD_RECORD_MAC TLSV1_ALERT_DECRYPTION_FAILED TLSV1_ALERT_RECORD_OVERFLOW
+    SSLV3_ALERT_DECOMPRESSION_FAILURE SSLV3_ALERT_HANDSHAKE_FAILURE SSLV3_ALERT_NO_CERTIFICATE
+    SSLV3_ALERT_BAD_CERTIFICATE SSLV3_ALERT_UNSUPPORTED_CERTIFICATE
+    SSLV3_ALERT_CERTIFICATE_REVOKED SSLV3_ALERT_CERTIFICATE_EXPIRED
+    SSLV3_ALERT_CERTIFICATE_UNKNOWN SSLV3_ALERT_ILLEGAL_PARAMETER TLSV1_ALERT_UNKNOWN_CA
+    TLSV1_ALERT_ACCESS_DENIED TLSV1_ALERT_DECODE_ERROR TLSV1_ALERT_DECRYPT_ERROR
+    TLSV1_ALERT_EXPORT_RESTRICTION TLSV1_ALERT_PROTOCOL_VERSION
+    TLSV1_ALERT_INSUFFICIENT_SECURITY TLSV1_ALERT_INTERNAL_ERROR TLSV1_ALERT_USER_CANCELLED
+    TLSV1_ALERT_NO_RENEGOTIATION"""
+INFO_REASONS = frozenset(_INFO_REASONS_TEXT.split())
+
+_REASON_TEXT = re.compile(r"^\[[^\]]*\] (.*?)(?: \(_ssl\.c:\d+\))?$")
+
+
+def _lib_code(lib: str) -> int | None:
+    import _ssl
+
+    for code, name in _ssl.lib_codes_to_names.items():  # type: ignore[attr-defined]
+        if name == lib:
+            return int(code)
+    return None
+
+
+def openssl_error_text(exc: ssl.SSLError) -> str:
+    """`(SSL: error:0A0000F4:SSL routines::unexpected message)`, nginx's suffix."""
+    import _ssl
+
+    lib = exc.library or ""
+    reason = exc.reason or ""
+    message = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
+    m = _REASON_TEXT.match(message)
+    text = m.group(1) if m else reason.lower().replace("_", " ")
+    codes = _ssl.err_names_to_codes.get(reason)  # type: ignore[attr-defined]
+    lib_code = _lib_code(lib)
+    if codes is not None and lib_code is not None:
+        code = (lib_code & 0xFF) << 23 | (codes[1] & 0x7FFFFF)
+        return f"(SSL: error:{code:08X}:{_LIB_TEXT.get(lib, lib + ' routines')}::{text})"
+    return f"(SSL: error:{_LIB_TEXT.get(lib, lib + ' routines')}::{text})"
+
+
+def _fopen_error(path: str, exc: OSError) -> str:
+    """What OpenSSL 3 reports when BIO_new_file cannot open `path`."""
+    errno = exc.errno or 0
+    bio = (
+        "10000080:BIO routines::no such file" if errno == 2 else "10000002:BIO routines::system lib"
+    )
+    return (
+        f"(SSL: error:{0x80000000 | errno:08X}:system library::{os.strerror(errno)}:"
+        f"calling fopen({path}, r) error:{bio})"
+    )
+
+
+def handshake_failure(exc: BaseException) -> tuple[int, str]:
+    """nginx's level and words for a failed handshake (without ` while SSL handshaking`)."""
+    if isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc):
+        return INFO, f"client timed out ({_ETIMEDOUT})"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        level = INFO if exc.reason in INFO_REASONS else CRIT
+        return level, f"SSL_do_handshake() failed {openssl_error_text(exc)}"
+    if isinstance(exc, OSError) and exc.errno:
+        return INFO, f"SSL_do_handshake() failed ({exc.errno}: {os.strerror(exc.errno)})"
+    return INFO, "peer closed connection in SSL handshake"
+
+
+# -- directives ----------------------------------------------------------------------------
+
+
+def _protocols(ctx: Context, node: Node) -> None:
+    for arg in node.args:
+        if arg not in _PROTOCOL_NAMES:
+            raise node.error(f'invalid value "{arg}"')
+    ctx.set_once("ssl_protocols", tuple(node.args), node)
+
+
+def _verify_client(ctx: Context, node: Node) -> None:
+    arg = node.args[0]
+    if arg not in VERIFY:
+        raise node.error(f'invalid value "{arg}"')
+    ctx.set_once("ssl_verify_client", arg, node)
+
+
+def _ocsp(ctx: Context, node: Node) -> None:
+    arg = node.args[0]
+    if arg not in ("on", "off", "leaf"):
+        raise node.error(f'invalid value "{arg}"')
+    if arg != "off":
+        ctx.warn(node, '"ssl_ocsp" is not supported by pyngx, client certificates are not checked')
+    ctx.set_once("ssl_ocsp", arg, node)
+
+
+def _stapling(ctx: Context, node: Node) -> None:
+    flag_slot("ssl_stapling")(ctx, node)
+    if ctx.slots["ssl_stapling"]:
+        ctx.warn(node, '"ssl_stapling" ignored, not supported by pyngx')
+
+
+def _conf_command(ctx: Context, node: Node) -> None:
+    ctx.warn(node, f'"ssl_conf_command {node.args[0]}" ignored, not supported by pyngx')
+    ctx.append("ssl_conf_command", tuple(node.args), node)
+
+
+def _password_file(ctx: Context, node: Node) -> None:
+    path = stream_tls._resolve(node, node.args[0])
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise node.error(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+    passwords = tuple(line.rstrip(b"\r") for line in lines if line.rstrip(b"\r"))
+    if not passwords:
+        raise node.error(f'no passphrases found in "{path}"')
+    ctx.set_once("ssl_password_file", passwords, node)
+
+
+def _ignore_args(ctx: Context, node: Node) -> None:
+    return None
+
+
+def register(reg: Registry) -> None:
+    add = reg.add
+    add("ssl_certificate", MAIN_SRV, stream_tls._path_list("ssl_certificate"))
+    add("ssl_certificate_key", MAIN_SRV, stream_tls._path_list("ssl_certificate_key"))
+    add("ssl_password_file", MAIN_SRV, _password_file)
+    add("ssl_dhparam", MAIN_SRV, stream_tls._path_slot("ssl_dhparam"))
+    add("ssl_ecdh_curve", MAIN_SRV, str_slot("ssl_ecdh_curve"))
+    add("ssl_protocols", MAIN_SRV, _protocols, ONEMORE)
+    add("ssl_ciphers", MAIN_SRV, str_slot("ssl_ciphers"))
+    add("ssl_buffer_size", MAIN_SRV, size_slot("ssl_buffer_size"))
+    add("ssl_verify_client", MAIN_SRV, _verify_client)
+    add("ssl_verify_depth", MAIN_SRV, number_slot("ssl_verify_depth"))
+    add("ssl_client_certificate", MAIN_SRV, stream_tls._path_slot("ssl_client_certificate"))
+    add("ssl_trusted_certificate", MAIN_SRV, stream_tls._path_slot("ssl_trusted_certificate"))
+    add("ssl_prefer_server_ciphers", MAIN_SRV, flag_slot("ssl_prefer_server_ciphers"))
+    add("ssl_session_cache", MAIN_SRV, stream_tls._session_cache, TAKE12)
+    add("ssl_session_tickets", MAIN_SRV, flag_slot("ssl_session_tickets"))
+    add("ssl_session_ticket_key", MAIN_SRV, stream_tls._path_list("ssl_session_ticket_key"))
+    add("ssl_session_timeout", MAIN_SRV, time_slot("ssl_session_timeout"))
+    add("ssl_crl", MAIN_SRV, stream_tls._path_slot("ssl_crl"))
+    add("ssl_ocsp", MAIN_SRV, _ocsp)
+    add("ssl_ocsp_responder", MAIN_SRV, str_slot("ssl_ocsp_responder"))
+    add("ssl_ocsp_cache", MAIN_SRV, _ignore_args)
+    add("ssl_stapling", MAIN_SRV, _stapling)
+    add("ssl_stapling_file", MAIN_SRV, stream_tls._path_slot("ssl_stapling_file"))
+    add("ssl_stapling_responder", MAIN_SRV, str_slot("ssl_stapling_responder"))
+    add("ssl_stapling_verify", MAIN_SRV, flag_slot("ssl_stapling_verify"))
+    add("ssl_early_data", MAIN_SRV, flag_slot("ssl_early_data"))
+    add("ssl_conf_command", MAIN_SRV, _conf_command, TAKE2)
+    add("ssl_reject_handshake", MAIN_SRV, flag_slot("ssl_reject_handshake"))
+    add("ssl_certificate_cache", MAIN_SRV, _ignore_args, TAKE123)
+    # nginx removed `ssl on` in 1.25.1: it is an unknown directive, as there.
+    if post_read not in request_mod.POST_READ:
+        # Before realip's post-read handler: nginx checks TLS before the phases start.
+        request_mod.POST_READ.insert(0, post_read)
+
+
+# -- contexts ------------------------------------------------------------------------------
+
+# The preface whose ClientHello OpenSSL is reading right now. Its handshake is fed the whole
+# ClientHello at once (Preface._feed), so the SNI callback runs within that call.
+_FEEDING: list[Preface | None] = [None]
+
+
+class ServerContext(ssl.SSLContext):
+    """A server's SSLContext."""
+
+    pyngx_dynamic: Any = None  # certificates chosen by SNI ($ssl_server_name in paths)
+
+
+def _sni_callback(obj: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
+    obj.pyngx_sni = name
+    pre = _FEEDING[0]
+    if pre is not None:
+        alert = pre.on_sni(obj, name)
+        if alert is not None:
+            return alert
+    dynamic = getattr(obj.context, "pyngx_dynamic", None)
+    if dynamic is not None:
+        result: int | None = dynamic(obj, name, obj.context)
+        return result
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a server's SSLContext is made from (the key contexts are shared by)."""
+
+    certs: tuple[tuple[str, str], ...]
+    passwords: tuple[bytes, ...]
+    protocols: tuple[str, ...]
+    ciphers: str
+    prefer_server_ciphers: bool
+    tickets: bool
+    dhparam: str | None
+    ecdh_curve: str
+    verify: str
+    client_certificate: str | None
+    trusted_certificate: str | None
+    crl: str | None
+
+
+@dataclass(slots=True)
+class ServerTls:
+    """A server's TLS side (`ServerConf.ssl`)."""
+
+    verify: str
+    reject: bool
+    h2: bool  # `http2 on` here, and pyngx has HTTP/2
+    settings: Settings | None  # None: no certificates and no ssl_reject_handshake
+    contexts: dict[bool, ServerContext] = field(default_factory=dict)  # by "h2 offered"
+
+    def context(self, h2: bool) -> ServerContext | None:
+        return self.contexts.get(h2)
+
+
+def _no_password() -> bytes:
+    # Never let OpenSSL prompt on the terminal for an encrypted key (nginx does not either).
+    return b""
+
+
+def _load_pair(ctx: ssl.SSLContext, cert: str, key: str, passwords: tuple[bytes, ...]) -> None:
+    for path, what in ((cert, "certificate"), (key, "certificate key")):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f'cannot load {what} "{path}": BIO_new_file() failed {_fopen_error(path, exc)}'
+            ) from None
+    error: ssl.SSLError | None = None
+    for password in passwords or (None,):
+        try:
+            ctx.load_cert_chain(cert, key, password if password is not None else _no_password)
+            return
+        except ssl.SSLError as exc:
+            error = exc
+    assert error is not None
+    if error.reason == "KEY_VALUES_MISMATCH":
+        raise ConfigError(
+            f'SSL_CTX_use_PrivateKey("{key}") failed {openssl_error_text(error)}'
+        ) from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cert)
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            f'cannot load certificate "{cert}": PEM_read_bio_X509_AUX() failed '
+            f"{openssl_error_text(error)}"
+        ) from None
+    raise ConfigError(
+        f'cannot load certificate key "{key}": PEM_read_bio_PrivateKey() failed '
+        f"{openssl_error_text(error)}"
+    ) from None
+
+
+def _set_protocols(ctx: ssl.SSLContext, tokens: tuple[str, ...]) -> None:
+    versions = [_TLS_VERSIONS[t] for t in tokens if t in _TLS_VERSIONS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if not versions:
+            # Only SSLv2/SSLv3, which OpenSSL 3 cannot speak: no handshake can succeed.
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            return
+        ctx.minimum_version = min(versions)
+        ctx.maximum_version = max(versions)
+
+
+def _load_verify(ctx: ssl.SSLContext, path: str) -> None:
+    try:
+        ctx.load_verify_locations(path)
+    except OSError as exc:
+        text = (
+            _fopen_error(path, exc)
+            if not isinstance(exc, ssl.SSLError)
+            else openssl_error_text(exc)
+        )
+        raise ConfigError(f'SSL_CTX_load_verify_locations("{path}") failed {text}') from None
+
+
+def make_context(s: Settings, alpn: tuple[str, ...], *, certificates: bool = True) -> ServerContext:
+    """One SSLContext for `s` (ngx_http_ssl_merge_srv_conf's work)."""
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    _set_protocols(ctx, s.protocols)
+    try:
+        ctx.set_ciphers(s.ciphers)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f'SSL_CTX_set_cipher_list("{s.ciphers}") failed {openssl_error_text(exc)}'
+        ) from None
+    # Python prefers the server's order by default; nginx only with ssl_prefer_server_ciphers.
+    options = ctx.options & ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if s.prefer_server_ciphers:
+        options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not s.tickets:
+        options |= ssl.OP_NO_TICKET
+    options |= ssl.OP_NO_RENEGOTIATION
+    ctx.options = options
+    if s.dhparam is not None:
+        try:
+            ctx.load_dh_params(s.dhparam)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f'PEM_read_bio_DHparams("{s.dhparam}") failed {openssl_error_text(exc)}'
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f'BIO_new_file("{s.dhparam}") failed {_fopen_error(s.dhparam, exc)}'
+            ) from None
+    _set_curves(ctx, s.ecdh_curve)
+    ctx.set_alpn_protocols(list(alpn))
+    if s.verify != "off":
+        # nginx requests a certificate without failing the handshake when none comes; the
+        # request is then answered with 496 (post_read).
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        for path in (s.client_certificate, s.trusted_certificate):
+            if path is not None:
+                _load_verify(ctx, path)
+        if s.crl is not None:
+            _load_verify(ctx, s.crl)
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+    if certificates:
+        for cert, key in s.certs:
+            if not has_variables(cert) and not has_variables(key):
+                _load_pair(ctx, cert, key, s.passwords)
+    ctx.sni_callback = _sni_callback
+    return ctx
+
+
+def _set_curves(ctx: ssl.SSLContext, value: str) -> None:
+    if value == "auto":
+        return
+    names = value.split(":")
+    for name in names:
+        try:
+            (ctx if len(names) == 1 else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)).set_ecdh_curve(
+                name
+            )
+        except ValueError:
+            raise ConfigError(
+                f'SSL_CTX_set1_curves_list("{value}") failed (SSL: error:0A080106:SSL routines::'
+                f"passed invalid argument:group '{name}' cannot be set)"
+            ) from None
+
+
+class _Builder:
+    """Contexts for one configuration, shared between servers with the same settings."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[Settings, tuple[str, ...]], ServerContext] = {}
+
+    def context(self, s: Settings, alpn: tuple[str, ...]) -> ServerContext:
+        key = (s, alpn)
+        ctx = self.cache.get(key)
+        if ctx is None:
+            ctx = self.cache[key] = make_context(s, alpn)
+            dynamic = [(c, k) for c, k in s.certs if has_variables(c) or has_variables(k)]
+            if dynamic:
+                static = [p for p in s.certs if p not in dynamic]
+                ctx.pyngx_dynamic = stream_tls._CertificateBySni(
+                    functools.partial(make_context, s, alpn, certificates=False),
+                    static,
+                    dynamic,
+                )
+        return ctx
+
+
+def _settings(sctx: Context, where: str) -> tuple[Settings | None, str, bool]:
+    """(settings or None without certificates, verify, reject), with nginx's checks."""
+    certs: list[str] = sctx.get("ssl_certificate", [])
+    keys: list[str] = sctx.get("ssl_certificate_key", [])
+    verify: str = sctx.get("ssl_verify_client", "off")
+    reject = bool(sctx.get("ssl_reject_handshake", False))
+    if certs:
+        if len(keys) < len(certs):
+            raise ConfigError(f'no "ssl_certificate_key" is defined for certificate "{certs[-1]}"')
+    elif not reject:
+        return None, verify, reject
+    client_ca = sctx.get("ssl_client_certificate", None)
+    if verify != "off" and client_ca is None and verify != "optional_no_ca":
+        raise ConfigError("no ssl_client_certificate for ssl_verify_client")
+    if sctx.get("ssl_ocsp", "off") != "off" and verify == "optional_no_ca":
+        raise ConfigError('"ssl_ocsp" is incompatible with "ssl_verify_client optional_no_ca"')
+    settings = Settings(
+        certs=tuple(zip(certs, keys, strict=False)),
+        passwords=sctx.get("ssl_password_file", ()),
+        protocols=sctx.get("ssl_protocols", DEFAULT_PROTOCOLS),
+        ciphers=sctx.get("ssl_ciphers", DEFAULT_CIPHERS),
+        prefer_server_ciphers=bool(sctx.get("ssl_prefer_server_ciphers", False)),
+        tickets=bool(sctx.get("ssl_session_tickets", True)),
+        dhparam=sctx.get("ssl_dhparam", None),
+        ecdh_curve=sctx.get("ssl_ecdh_curve", "auto"),
+        verify=verify,
+        client_certificate=client_ca,
+        trusted_certificate=sctx.get("ssl_trusted_certificate", None),
+        crl=sctx.get("ssl_crl", None),
+    )
+    return settings, verify, reject
+
+
+@functools.cache
+def h2_available() -> bool:
+    try:
+        return importlib.util.find_spec("pyngx.http.h2") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def finish(http: Context, conf: Any) -> None:
+    """Build every server's TLS side, then check the ssl ports (ngx_http_ssl_init)."""
+    builder = _Builder()
+    for server in conf.servers:
+        sctx = server.ctx
+        settings, verify, reject = _settings(sctx, server.where)
+        h2 = h2_available() and bool(sctx.get("http2", False))
+        tls = ServerTls(verify, reject, h2, settings)
+        if settings is not None:
+            # Loaded for every server that has certificates, as nginx loads them, so that a
+            # broken file fails the configuration even off ssl ports.
+            tls.contexts[False] = builder.context(settings, ALPN_HTTP1)
+        server.ssl = tls
+    for port in conf.ports:
+        if not port.listens[0].ssl:
+            continue
+        default = port.default
+        dtls: ServerTls = default.ssl
+        if dtls.settings is None or (not dtls.settings.certs and not dtls.reject):
+            raise ConfigError(
+                f'no "ssl_certificate" is defined for the "listen ... ssl" directive in '
+                f"{default.where}"
+            )
+        if not dtls.settings.certs:
+            # A default server that rejects handshakes: every other one needs certificates.
+            for server in port.servers:
+                stls: ServerTls = server.ssl
+                if stls.settings is None:
+                    raise ConfigError(
+                        f'no "ssl_certificate" is defined for the "listen ... ssl" directive '
+                        f"in {server.where}"
+                    )
+        for server in port.servers:
+            stls = server.ssl
+            offer_h2 = h2_available() and (port.http2 or stls.h2)
+            owner: ServerTls = stls if stls.settings is not None else dtls
+            assert owner.settings is not None
+            if offer_h2 not in owner.contexts:
+                owner.contexts[offer_h2] = builder.context(
+                    owner.settings, ALPN_H2 if offer_h2 else ALPN_HTTP1
+                )
+
+
+# -- server names --------------------------------------------------------------------------
+
+
+def validate_host(name: str) -> str | None:
+    """ngx_http_validate_host for an SNI name: lower case, no port, no trailing dot."""
+    host = name.lower()
+    if not host.startswith("["):
+        host = host.split(":", 1)[0]
+    if "/" in host or "\\" in host or "\x00" in host or ".." in host:
+        return None
+    if host.endswith("."):
+        host = host[:-1]
+    return host or None
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern[1:])
+    except re.error:
+        return None
+
+
+def _named(server: Any, host: str) -> bool:
+    """Whether one of the server's names matches `host` (for the default server only: the
+    port's lookup answers it both for a match and for no match)."""
+    for name in server.names:
+        if not name:
+            continue
+        if name.startswith("~"):
+            rx = _regex(name)
+            if rx is not None and rx.search(host):
+                return True
+        elif name.startswith("*."):
+            if host.endswith(name[1:]):
+                return True
+        elif name.startswith("."):
+            if host == name[1:] or host.endswith(name):
+                return True
+        elif name.endswith(".*"):
+            if host.startswith(name[:-1]):
+                return True
+        elif name == host:
+            return True
+    return False
+
+
+def sni_server(port: Any, name: str | None) -> tuple[Any, str | None]:
+    """The server the SNI name selects and the validated name, or (None, None) when no
+    server has that name (nginx then keeps the default server and remembers no name)."""
+    if not name:
+        return None, None
+    host = validate_host(name)
+    if host is None:
+        return None, None
+    server, _match = port.names.find(host)
+    if server is port.default and not _named(server, host):
+        return None, None
+    return server, host
+
+
+# -- the connection's start ----------------------------------------------------------------
+
+_PP, _DETECT, _HELLO, _HANDSHAKE, _DONE = range(5)
+
+
+def start_preface(conn: Any) -> None:
+    """Called from HttpConnection.connection_made on ssl / proxy_protocol ports."""
+    Preface(conn)
+
+
+class Preface(asyncio.Protocol):
+    """The transport's protocol from the accept until the first request can be read."""
+
+    __slots__ = (
+        "conn",
+        "transport",
+        "loop",
+        "stage",
+        "buf",
+        "timer",
+        "deadline",
+        "lost",
+        "ssl_port",
+        "decided",
+        "alert",
+        "server",
+        "host",
+        "hello",
+        "stepper",
+        "h2",
+        "gone",
+    )
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.transport = conn.transport
+        self.loop = conn.loop
+        port = conn.port
+        self.ssl_port: bool = port.listens[0].ssl
+        self.stage = _PP if port.proxy_protocol else _DETECT
+        self.buf = b""
+        self.lost = False
+        self.decided = False
+        self.alert: int | None = None
+        self.server: Any = None
+        self.host: str | None = None
+        self.hello: tls_client_hello.ClientHello | None = None
+        self.stepper: stream_tls.Stepper | None = None
+        self.h2 = False
+        self.gone = False
+        # client_header_timeout counts from the accept (conn armed it): one deadline for the
+        # PROXY header, the handshake and the request head.
+        self.deadline: float = conn.deadline
+        conn._cancel_timer()
+        self.timer: asyncio.TimerHandle | None = self.loop.call_at(self.deadline, self._timed_out)
+        self.transport.set_protocol(self)
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        stage = self.stage
+        if stage == _HANDSHAKE:
+            # Application bytes the SSL protocol delivered before the handshake's end reached
+            # us: they go to the connection with the transport.
+            self.buf += data
+            return
+        if stage == _DONE:
+            return
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if stage == _PP:
+            self._proxy_header(data)
+        elif stage == _DETECT:
+            self._detect(data)
+        else:
+            self._hello(data)
+
+    def eof_received(self) -> bool | None:
+        stage = self.stage
+        if stage == _PP:
+            if self.ssl_port:
+                # nginx reads the header from a peek that returned nothing.
+                self._log(ERROR, 'broken header: "" while reading PROXY protocol')
+            else:
+                self._log(INFO, "client closed connection while reading PROXY protocol")
+        elif stage == _DETECT:
+            self._log(INFO, "client closed connection while SSL handshaking")
+        elif stage == _HELLO:
+            self._log(INFO, "peer closed connection in SSL handshake while SSL handshaking")
+        if stage != _HANDSHAKE:
+            self.stage = _DONE
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        if self.stage == _HANDSHAKE and self.stepper is not None:
+            return  # the handshake's end comes next and finishes the connection
+        self.stage = _DONE
+        self._lost(exc)
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _proxy_header(self, data: bytes) -> None:
+        try:
+            parsed = pp.parse(data)
+        except pp.ProxyProtocolError:
+            parsed = None
+        if parsed is None:
+            # nginx reads the header from the first bytes: incomplete there is broken.
+            self._log(
+                ERROR,
+                f"{_broken_header_message(bytearray(data))} while reading PROXY protocol",
+            )
+            self._close()
+            return
+        header, used = parsed
+        if header.command == pp.Command.PROXY and header.family in (
+            pp.Family.INET,
+            pp.Family.INET6,
+        ):
+            self.conn.pp = header
+        rest = data[used:]
+        if not self.ssl_port:
+            self._plain(rest)
+            return
+        self.stage = _DETECT
+        if rest:
+            self._detect(rest)
+
+    def _detect(self, data: bytes) -> None:
+        first = data[0]
+        if first == 0x16 or first & 0x80:
+            self.stage = _HELLO
+            self._hello(data)
+        else:
+            self._plain(data)
+
+    def _hello(self, data: bytes) -> None:
+        try:
+            hello = tls_client_hello.parse(data, limit=HELLO_LIMIT)
+        except tls_client_hello.ClientHelloError:
+            self._start_tls(data, None)  # OpenSSL decides, and says why
+            return
+        if hello is None:
+            self.buf = data
+            return
+        self._start_tls(data, hello)
+
+    def _plain(self, data: bytes) -> None:
+        """Plain HTTP (on an ssl port: answered with 497 once the request is read)."""
+        self.stage = _DONE
+        self._cancel_timer()
+        conn = self.conn
+        self.transport.set_protocol(conn)
+        conn._arm("header", max(self.deadline - self.loop.time(), 0.0))
+        if data:
+            conn.data_received(data)
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _choose(self, hello: tls_client_hello.ClientHello | None) -> ServerContext:
+        """The server the ClientHello's SNI names, and the context to start with."""
+        conn = self.conn
+        port = conn.port
+        default = port.default
+        if hello is not None:
+            self.decided = True
+            self.hello = hello
+            server, host = sni_server(port, hello.server_name)
+            self.server, self.host = server, host
+            chosen = server if server is not None else default
+        else:
+            chosen = default
+        tls: ServerTls = chosen.ssl
+        h2 = h2_available() and (port.http2 or tls.h2)
+        self.h2 = h2
+        if tls.reject:
+            self.alert = ALERT_UNRECOGNIZED_NAME
+        elif (
+            hello is not None
+            and hello.alpn
+            and not set(hello.alpn) & set(ALPN_H2 if h2 else ALPN_HTTP1)
+        ):
+            # nginx (since 1.21.4) refuses a client whose protocols it does not speak.
+            self.alert = ALERT_NO_APPLICATION_PROTOCOL
+        ctx = tls.context(h2)
+        if ctx is None:
+            ctx = default.ssl.context(h2)
+        assert ctx is not None
+        return ctx
+
+    def on_sni(self, obj: Any, name: str | None) -> int | None:
+        """From the SNI callback, during the handshake."""
+        if self.decided:
+            return None
+        # The ClientHello was not ours to read: nginx's servername callback, by the name.
+        port = self.conn.port
+        server, host = sni_server(port, name)
+        chosen = server if server is not None else port.default
+        tls: ServerTls = chosen.ssl
+        if tls.reject:
+            self.alert = ALERT_UNRECOGNIZED_NAME
+            return self.alert
+        if server is not None:
+            self.server, self.host = server, host
+            ctx = tls.context(self.h2)
+            if ctx is not None and ctx is not obj.context:
+                obj.context = ctx
+        return None
+
+    def _start_tls(self, data: bytes, hello: tls_client_hello.ClientHello | None) -> None:
+        ctx = self._choose(hello)
+        self._cancel_timer()
+        if self.alert is not None:
+            # Refused from the ClientHello alone: the fatal alert OpenSSL would send (its own
+            # would be lost, as asyncio drops a failed handshake's output), then close.
+            self.stage = _DONE
+            self.transport.write(_ALERT_RECORD + bytes((self.alert,)))
+            self._log_failure(None)
+            self.transport.close()
+            return
+        self.stage = _HANDSHAKE
+        loop = self.loop
+        timeout = max(self.deadline - loop.time(), 0.001)
+        coro = loop.start_tls(
+            self.transport, self, ctx, server_side=True, ssl_handshake_timeout=timeout
+        )
+        self.stepper = stream_tls.Stepper(coro, self._handshake_done)
+        if self.stage == _HANDSHAKE:
+            # start_tls put its SSL protocol on the transport and starts it in the next turn
+            # of the loop; the bytes read so far go to it right after.
+            loop.call_soon(self._feed, self.transport.get_protocol(), data)
+
+    def _feed(self, protocol: Any, data: bytes) -> None:
+        if self.stage != _HANDSHAKE:
+            return
+        _FEEDING[0] = self
+        try:
+            feed_tls(protocol, data)
+        finally:
+            _FEEDING[0] = None
+
+    def _handshake_done(self, transport: Any, exc: BaseException | None) -> None:
+        self.stepper = None
+        conn = self.conn
+        obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if (
+            obj is None
+            or self.stage != _HANDSHAKE
+            or self.lost
+            or self.gone
+            or transport.is_closing()
+        ):
+            # Failed, or closed under us (a graceful shutdown closing idle connections).
+            if self.stage == _HANDSHAKE and not self.lost and exc is not None:
+                self._log_failure(exc)
+            self.stage = _DONE
+            if transport is not None:
+                transport.abort()
+            self.transport.abort()
+            self._lost(exc if isinstance(exc, Exception) else None)
+            return
+        self.stage = _DONE
+        # What requests read later.
+        obj.pyngx_server = self.server
+        obj.pyngx_host = self.host
+        obj.pyngx_ciphers = self.hello.cipher_suites if self.hello is not None else ()
+        conn.transport = transport
+        conn.is_ssl = True
+        transport.set_protocol(conn)
+        conn._arm("header", max(self.deadline - self.loop.time(), 0.0))
+        if obj.selected_alpn_protocol() == "h2":
+            _h2_upgrade(conn)
+        held, self.buf = self.buf, b""
+        if held:
+            transport.get_protocol().data_received(held)
+
+    def _log_failure(self, exc: BaseException | None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            return
+        if self.alert == ALERT_UNRECOGNIZED_NAME:
+            level, text = INFO, "handshake rejected"
+        elif self.alert == ALERT_NO_APPLICATION_PROTOCOL:
+            level, text = (
+                INFO,
+                "SSL_do_handshake() failed "
+                "(SSL: error:0A0000EB:SSL routines::no application protocol)",
+            )
+        elif exc is not None:
+            level, text = handshake_failure(exc)
+        else:
+            return
+        self._log(level, f"{text} while SSL handshaking")
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.stage in (_HANDSHAKE, _DONE):
+            return
+        action = "reading PROXY protocol" if self.stage == _PP else "SSL handshaking"
+        self._log(INFO, f"client timed out ({_ETIMEDOUT}) while {action}")
+        self._close()
+
+    def _close(self) -> None:
+        self.stage = _DONE
+        self._cancel_timer()
+        self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection is over before its first request: the HttpConnection ends too."""
+        if self.lost:
+            return
+        self.lost = True
+        self._cancel_timer()
+        self.conn.connection_lost(exc)
+
+    def _log(self, level: int, message: str) -> None:
+        self.conn.worker_log(level, message)
+
+
+def _h2_upgrade(conn: Any) -> None:
+    """HTTP/2 was negotiated: pyngx.http.h2 takes the connection over (its `upgrade(conn)`
+    swaps the TLS transport's protocol; bytes already received follow to whatever protocol
+    the transport has when it returns)."""
+    try:
+        from pyngx.http import h2  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    upgrade = getattr(h2, "upgrade", None)
+    if upgrade is not None:
+        upgrade(conn)
+
+
+def alpn_protocol(conn: Any) -> str | None:
+    """The protocol ALPN chose for a TLS connection (None: plain, or no ALPN)."""
+    if not conn.is_ssl:
+        return None
+    obj = conn.transport.get_extra_info("ssl_object")
+    return None if obj is None else obj.selected_alpn_protocol()
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def post_read(r: Any) -> int | None:
+    """nginx's TLS checks between reading the request head and the phases."""
+    conn = r.conn
+    if not conn.port.listens[0].ssl:
+        return None
+    if not conn.is_ssl:
+        r.log(
+            INFO,
+            "client sent plain HTTP request to HTTPS port while reading client request headers",
+        )
+        return 497
+    obj = conn.transport.get_extra_info("ssl_object")
+    tls: ServerTls | None = r.srv.ssl
+    verify = tls.verify if tls is not None else "off"
+    host = getattr(obj, "pyngx_host", None)
+    if host is not None and r.host != host and verify != "off":
+        # The request stays with the server the handshake was made for (nginx has not
+        # switched yet): its error pages and logs.
+        sni_srv = obj.pyngx_server
+        r.srv = sni_srv
+        r.loc = sni_srv.conf
+        r.log(
+            INFO,
+            "client attempted to request the server name different from the one that was "
+            "negotiated while reading client request headers",
+        )
+        return 421
+    if verify == "on" and not obj.getpeercert(True):
+        r.log(INFO, "client sent no required SSL certificate while reading client request headers")
+        return 496
+    return None
+
+
+# -- variables -----------------------------------------------------------------------------
+
+
+def _obj(r: Any) -> Any:
+    conn = r.conn
+    return conn.transport.get_extra_info("ssl_object") if conn.is_ssl else None
+
+
+def _tls_var(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def getter(r: Any) -> str | None:
+        obj = _obj(r)
+        return None if obj is None else fn(obj)
+
+    return getter
+
+
+def _cipher(obj: Any) -> str | None:
+    c = obj.cipher()
+    return c[0] if c else None
+
+
+@functools.cache
+def _cipher_names() -> dict[int, str]:
+    """OpenSSL's name of every cipher suite it knows, by its two-byte id."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    names: dict[int, str] = {}
+    for spec in ("ALL:COMPLEMENTOFALL:@SECLEVEL=0", "DEFAULT"):
+        try:
+            ctx.set_ciphers(spec)
+        except ssl.SSLError:
+            continue
+        for c in ctx.get_ciphers():
+            names.setdefault(c["id"] & 0xFFFF, c["name"])
+    return names
+
+
+def _ciphers(obj: Any) -> str | None:
+    ids = getattr(obj, "pyngx_ciphers", ())
+    if not ids:
+        return None
+    names = _cipher_names()
+    return ":".join(names[i] for i in ids if i in names) or None
+
+
+def _server_name(obj: Any) -> str | None:
+    return getattr(obj, "pyngx_sni", None) or None
+
+
+def _session_id(obj: Any) -> str | None:
+    session = obj.session
+    return session.id.hex() if session is not None and session.id else None
+
+
+def _client_verify(obj: Any) -> str:
+    return "SUCCESS" if obj.getpeercert(True) else "NONE"
+
+
+def _dn(which: str, legacy: bool) -> Callable[[Any], str | None]:
+    short = {
+        "commonName": "CN",
+        "organizationName": "O",
+        "organizationalUnitName": "OU",
+        "countryName": "C",
+        "stateOrProvinceName": "ST",
+        "localityName": "L",
+        "emailAddress": "emailAddress",
+        "domainComponent": "DC",
+    }
+
+    def getter(obj: Any) -> str | None:
+        cert = obj.getpeercert()
+        if not cert:
+            return None
+        rdns = cert.get(which, ())
+        if legacy:
+            return "".join("/" + "+".join(f"{short.get(k, k)}={v}" for k, v in rdn) for rdn in rdns)
+        return ",".join(
+            "+".join(f"{short.get(k, k)}={v}" for k, v in rdn) for rdn in reversed(rdns)
+        )
+
+    return getter
+
+
+def _raw_cert(obj: Any) -> str | None:
+    der = obj.getpeercert(True)
+    return ssl.DER_cert_to_PEM_cert(der) if der else None
+
+
+def _cert(obj: Any) -> str | None:
+    raw = _raw_cert(obj)
+    return None if raw is None else raw[:-1].replace("\n", "\n\t")
+
+
+def _escaped_cert(obj: Any) -> str | None:
+    raw = _raw_cert(obj)
+    return None if raw is None else quote(raw, safe="")
+
+
+def _fingerprint(obj: Any) -> str | None:
+    der = obj.getpeercert(True)
+    return hashlib.sha1(der).hexdigest() if der else None
+
+
+def _cert_field(name: str) -> Callable[[Any], str | None]:
+    def getter(obj: Any) -> str | None:
+        cert = obj.getpeercert()
+        value = cert.get(name) if cert else None
+        return str(value) if value is not None else None
+
+    return getter
+
+
+def _v_remain(obj: Any) -> str | None:
+    cert = obj.getpeercert()
+    if not cert or "notAfter" not in cert:
+        return None
+    days = int((ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400)
+    return str(max(days, 0))
+
+
+_TLV_NAMES = {"alpn": 0x01, "authority": 0x02, "unique_id": 0x05, "ssl": 0x20, "netns": 0x30}
+_SSL_TLV_NAMES = {"version": 0x21, "cn": 0x22, "cipher": 0x23, "sig_alg": 0x24, "key_alg": 0x25}
+
+
+def _tlv_type(name: str, names: dict[str, int]) -> int | None:
+    if name in names:
+        return names[name]
+    if name.startswith("0x"):
+        try:
+            return int(name[2:], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _proxy_protocol_tlv(name: str) -> Callable[[Any], str | None]:
+    """$proxy_protocol_tlv_NAME: a TLV of the PROXY v2 header, by name or 0xNN; `ssl_NAME`
+    and `ssl_verify` look into the SSL TLV."""
+    name = name.lower()
+    ssl_sub = name.startswith("ssl_")
+    verify = name == "ssl_verify"
+    type_ = _tlv_type(name[4:], _SSL_TLV_NAMES) if ssl_sub else _tlv_type(name, _TLV_NAMES)
+
+    def getter(r: Any) -> str | None:
+        header = r.conn.pp
+        if header is None:
+            return None
+        if not ssl_sub:
+            if type_ is None:
+                return None
+            value = header.tlv(type_)
+            return None if value is None else bytes(value).decode("latin-1")
+        raw = header.tlv(pp.PP2_TYPE_SSL)
+        if raw is None:
+            return None
+        try:
+            _client, verify_result, subs = pp.parse_ssl_tlv(raw)
+        except pp.ProxyProtocolError:
+            return None
+        if verify:
+            return str(verify_result)
+        for sub_type, value in subs:
+            if sub_type == type_:
+                return bytes(value).decode("latin-1")
+        return None
+
+    return getter
+
+
+def declare(nodes: list[Node], table: VariableTable, http: Context) -> list[Any]:
+    add = table.add
+    add("ssl_protocol", _tls_var(lambda o: o.version()))
+    add("ssl_cipher", _tls_var(_cipher))
+    add("ssl_ciphers", _tls_var(_ciphers))
+    add("ssl_server_name", _tls_var(_server_name))
+    add("ssl_alpn_protocol", _tls_var(lambda o: o.selected_alpn_protocol() or None))
+    add("ssl_session_reused", _tls_var(lambda o: "r" if o.session_reused else "."))
+    add("ssl_session_id", _tls_var(_session_id))
+    add("ssl_early_data", _tls_var(lambda o: None))
+    add("ssl_client_verify", _tls_var(_client_verify))
+    add("ssl_client_s_dn", _tls_var(_dn("subject", False)))
+    add("ssl_client_i_dn", _tls_var(_dn("issuer", False)))
+    add("ssl_client_s_dn_legacy", _tls_var(_dn("subject", True)))
+    add("ssl_client_i_dn_legacy", _tls_var(_dn("issuer", True)))
+    add("ssl_client_serial", _tls_var(_cert_field("serialNumber")))
+    add("ssl_client_fingerprint", _tls_var(_fingerprint))
+    add("ssl_client_raw_cert", _tls_var(_raw_cert))
+    add("ssl_client_cert", _tls_var(_cert))
+    add("ssl_client_escaped_cert", _tls_var(_escaped_cert))
+    add("ssl_client_v_start", _tls_var(_cert_field("notBefore")))
+    add("ssl_client_v_end", _tls_var(_cert_field("notAfter")))
+    add("ssl_client_v_remain", _tls_var(_v_remain))
+    add("https", lambda r: "on" if r.conn.is_ssl else "")
+    add("scheme", lambda r: "https" if r.conn.is_ssl else "http")
+    table.prefixes["proxy_protocol_tlv_"] = _proxy_protocol_tlv
+    return []
+
+
+__all__ = [
+    "ALPN_H2",
+    "ALPN_HTTP1",
+    "Preface",
+    "ServerContext",
+    "ServerTls",
+    "Settings",
+    "alpn_protocol",
+    "declare",
+    "finish",
+    "handshake_failure",
+    "make_context",
+    "openssl_error_text",
+    "post_read",
+    "register",
+    "sni_server",
+    "start_preface",
+    "validate_host",
+]
