@@ -59,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import importlib.util
+import importlib
 import os
 import re
 import ssl
@@ -558,10 +558,13 @@ def _settings(sctx: Context, where: str) -> tuple[Settings | None, str, bool]:
 
 @functools.cache
 def h2_available() -> bool:
+    """Whether pyngx speaks HTTP/2 (pyngx.http.h2 with its `upgrade(conn)`): only then is
+    `h2` offered by ALPN."""
     try:
-        return importlib.util.find_spec("pyngx.http.h2") is not None
-    except (ImportError, ValueError):
+        module = importlib.import_module("pyngx.http.h2")
+    except ImportError:
         return False
+    return callable(getattr(module, "upgrade", None))
 
 
 def finish(http: Context, conf: Any) -> None:
