@@ -185,8 +185,8 @@ def openssl_error_text(exc: ssl.SSLError) -> str:
     """`(SSL: error:0A0000F4:SSL routines::unexpected message)`, nginx's suffix."""
     import _ssl
 
-    lib = exc.library or ""
-    reason = exc.reason or ""
+    lib = getattr(exc, "library", None) or ""
+    reason = getattr(exc, "reason", None) or ""
     message = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
     m = _REASON_TEXT.match(message)
     text = m.group(1) if m else reason.lower().replace("_", " ")
@@ -398,16 +398,19 @@ def _load_pair(ctx: ssl.SSLContext, cert: str, key: str, passwords: tuple[bytes,
         raise ConfigError(
             f'SSL_CTX_use_PrivateKey("{key}") failed {openssl_error_text(error)}'
         ) from None
+    # Python reports both as "PEM lib": which file it was, and OpenSSL's words for a file
+    # that has no PEM object of the kind expected.
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cert)
     except (ssl.SSLError, OSError):
         raise ConfigError(
-            f'cannot load certificate "{cert}": PEM_read_bio_X509_AUX() failed '
-            f"{openssl_error_text(error)}"
+            f'cannot load certificate "{cert}": PEM_read_bio_X509_AUX() failed (SSL: '
+            "error:0480006C:PEM routines::no start line:Expecting: TRUSTED CERTIFICATE)"
         ) from None
     raise ConfigError(
-        f'cannot load certificate key "{key}": PEM_read_bio_PrivateKey() failed '
-        f"{openssl_error_text(error)}"
+        f'cannot load certificate key "{key}": PEM_read_bio_PrivateKey() failed (SSL: '
+        "error:1E08010C:DECODER routines::unsupported:No supported data to decode. "
+        "Input type: PEM)"
     ) from None
 
 
@@ -427,11 +430,13 @@ def _set_protocols(ctx: ssl.SSLContext, tokens: tuple[str, ...]) -> None:
 def _load_verify(ctx: ssl.SSLContext, path: str) -> None:
     try:
         ctx.load_verify_locations(path)
+    except ssl.SSLError as exc:
+        text = openssl_error_text(exc)
+        raise ConfigError(f'SSL_CTX_load_verify_locations("{path}") failed {text}') from None
     except OSError as exc:
+        # X509_STORE_load_locations adds its own line after BIO_new_file's.
         text = (
-            _fopen_error(path, exc)
-            if not isinstance(exc, ssl.SSLError)
-            else openssl_error_text(exc)
+            _fopen_error(path, exc)[:-1] + " error:05880002:x509 certificate routines::system lib)"
         )
         raise ConfigError(f'SSL_CTX_load_verify_locations("{path}") failed {text}') from None
 
@@ -442,9 +447,11 @@ def make_context(s: Settings, alpn: tuple[str, ...], *, certificates: bool = Tru
     _set_protocols(ctx, s.protocols)
     try:
         ctx.set_ciphers(s.ciphers)
-    except ssl.SSLError as exc:
+    except ssl.SSLError:
+        # Python keeps no OpenSSL error here; SSL_R_NO_CIPHER_MATCH is the only way it fails.
         raise ConfigError(
-            f'SSL_CTX_set_cipher_list("{s.ciphers}") failed {openssl_error_text(exc)}'
+            f'SSL_CTX_set_cipher_list("{s.ciphers}") failed '
+            "(SSL: error:0A0000B9:SSL routines::no cipher match)"
         ) from None
     # Python prefers the server's order by default; nginx only with ssl_prefer_server_ciphers.
     options = ctx.options & ~ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -458,9 +465,10 @@ def make_context(s: Settings, alpn: tuple[str, ...], *, certificates: bool = Tru
         try:
             ctx.load_dh_params(s.dhparam)
         except ssl.SSLError as exc:
-            raise ConfigError(
-                f'PEM_read_bio_DHparams("{s.dhparam}") failed {openssl_error_text(exc)}'
-            ) from None
+            text = openssl_error_text(exc)
+            if exc.reason == "NO_START_LINE":
+                text = text[:-1] + ":Expecting: DH PARAMETERS)"
+            raise ConfigError(f'PEM_read_bio_DHparams("{s.dhparam}") failed {text}') from None
         except OSError as exc:
             raise ConfigError(
                 f'BIO_new_file("{s.dhparam}") failed {_fopen_error(s.dhparam, exc)}'
@@ -848,13 +856,11 @@ class Preface(asyncio.Protocol):
         tls: ServerTls = chosen.ssl
         h2 = h2_available() and (port.http2 or tls.h2)
         self.h2 = h2
-        if tls.reject:
+        if hello is None:
+            pass  # OpenSSL reads it; the SNI callback decides, if it gets that far (on_sni)
+        elif tls.reject:
             self.alert = ALERT_UNRECOGNIZED_NAME
-        elif (
-            hello is not None
-            and hello.alpn
-            and not set(hello.alpn) & set(ALPN_H2 if h2 else ALPN_HTTP1)
-        ):
+        elif hello.alpn and not set(hello.alpn) & set(ALPN_H2 if h2 else ALPN_HTTP1):
             # nginx (since 1.21.4) refuses a client whose protocols it does not speak.
             self.alert = ALERT_NO_APPLICATION_PROTOCOL
         ctx = tls.context(h2)
