@@ -200,7 +200,8 @@ def client_hello(sni: str | None, alpn: list[str] | None = None) -> bytes:
 def sni_conf(certs: dict[str, str], site: Path) -> Callable[[int], str]:
     def conf(port: int) -> str:
         def tls(name: str) -> str:
-            return f"ssl_certificate {certs[name + '.crt']}; ssl_certificate_key {certs[name + '.key']};"
+            cert, key = certs[name + ".crt"], certs[name + ".key"]
+            return f"ssl_certificate {cert}; ssl_certificate_key {key};"
 
         return (
             "http {\n" + TLS_LOG + "ssl_protocols TLSv1.2 TLSv1.3;\n"
@@ -553,7 +554,8 @@ def config_cases(certs: dict[str, str]) -> dict[str, str]:
         f" ssl_certificate_key {a_key}; }}",
         "missing key file": f"server {{ {listen} ssl_certificate {a_crt};"
         " ssl_certificate_key /nonexistent.key; }",
-        "key mismatch": f"server {{ {listen} ssl_certificate {a_crt}; ssl_certificate_key {b_key}; }}",
+        "key mismatch": f"server {{ {listen} ssl_certificate {a_crt};"
+        f" ssl_certificate_key {b_key}; }}",
         "key as certificate": f"server {{ {listen} ssl_certificate {a_key};"
         f" ssl_certificate_key {a_key}; }}",
         "certificate as key": f"server {{ {listen} ssl_certificate {a_crt};"
