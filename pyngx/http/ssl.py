@@ -21,12 +21,14 @@ port. The Preface protocol takes the transport until the request-reading part ca
 2. on an ssl port, the first byte: 0x16 or one with the high bit set is TLS, anything else is
    plain HTTP, which goes to the connection as it is (the request is then answered with 497,
    "400 The plain HTTP request was sent to HTTPS port", as nginx answers it);
-3. the ClientHello is read whole (pyngx/protocols/tls_client_hello.py) to pick the server its
-   SNI names, as nginx's servername callback does; the handshake then starts with that server's
-   context, so its certificate, its ssl_verify_client and its ALPN apply. (Python cannot change
-   the verify mode of a handshake once it has started, which nginx's callback does.) A hello
-   the reader cannot take is left to OpenSSL with the default server's context, and the SNI
-   callback then switches the certificate the way nginx does.
+3. the ClientHello is read whole (scan_hello: only what the selection needs, cheaply) to pick
+   the server its SNI names, as nginx's servername callback does; the handshake then starts
+   with that server's context, so its certificate, its ssl_verify_client and its ALPN apply.
+   (Python cannot change the verify mode of a handshake once it has started, which nginx's
+   callback does.) ssl_reject_handshake and an ALPN list with nothing in common are refused
+   from the hello, with the alert OpenSSL would send. A hello the reader does not take is
+   left to OpenSSL with the default server's context; the SNI callback then switches the
+   certificate the way nginx does if it runs while the bytes we read are being fed.
 4. `loop.start_tls`, driven synchronously (stream/tls.py's Stepper) so the transport changes
    hands before more bytes arrive; the bytes read so far are fed to the SSL protocol. Then the
    TLS transport goes to the connection (`conn.transport`, `conn.is_ssl`); with `h2` chosen by
@@ -90,7 +92,6 @@ from pyngx.core.log import CRIT, ERROR, INFO
 from pyngx.http import request as request_mod
 from pyngx.http.module import HTTP, SRV
 from pyngx.protocols import proxy_protocol as pp
-from pyngx.protocols import tls_client_hello
 from pyngx.stream import tls as stream_tls
 from pyngx.stream.pass_module import feed_tls
 from pyngx.stream.session import _broken_header_message
@@ -679,6 +680,95 @@ def sni_server(port: Any, name: str | None) -> tuple[Any, str | None]:
     return server, host
 
 
+# -- reading the ClientHello ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What the server selection needs from a ClientHello."""
+
+    server_name: str | None
+    alpn: tuple[str, ...]
+    cipher_suites: bytes  # the raw list (two bytes each), decoded only for $ssl_ciphers
+
+
+class Unreadable(Exception):
+    """Not a ClientHello this reader takes: OpenSSL gets it as it is (and says what is wrong)."""
+
+
+def scan_hello(buf: bytes, limit: int = HELLO_LIMIT) -> Hello | None:
+    """The ClientHello at the start of `buf` (TLS records of type handshake), or None while it
+    is incomplete. Only what selecting the server needs is read, with slices and no per-item
+    calls (this runs for every TLS connection); any inconsistency raises Unreadable."""
+    size = len(buf)
+    # Records: usually one; join the fragments until the handshake message is whole.
+    fragments = []
+    have = 0
+    need = -1
+    pos = 0
+    while True:
+        if size - pos < 5:
+            return None
+        if buf[pos] != 0x16 or buf[pos + 1] != 3:
+            raise Unreadable("not a handshake record")
+        end = pos + 5 + (buf[pos + 3] << 8 | buf[pos + 4])
+        if end > limit:
+            raise Unreadable("too large")
+        if end > size:
+            return None
+        fragments.append(buf[pos + 5 : end])
+        have += end - pos - 5
+        pos = end
+        if need < 0 and have >= 4:
+            hs = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+            if hs[0] != 1:
+                raise Unreadable("not a ClientHello")
+            need = 4 + (hs[1] << 16 | hs[2] << 8 | hs[3])
+            if need + 5 > limit:
+                raise Unreadable("too large")
+        if need >= 0 and have >= need:
+            break
+    hs = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+    hs = hs[:need]
+    try:
+        p = 4 + 2 + 32
+        p += 1 + hs[p]  # session_id
+        n = hs[p] << 8 | hs[p + 1]
+        suites = hs[p + 2 : p + 2 + n]
+        p += 2 + n
+        p += 1 + hs[p]  # compression methods
+        if p == need:
+            return Hello(None, (), suites)  # no extensions
+        ext_end = p + 2 + (hs[p] << 8 | hs[p + 1])
+        p += 2
+        if ext_end != need or len(suites) != n:
+            raise Unreadable("lengths disagree")
+        name: str | None = None
+        alpn: tuple[str, ...] = ()
+        while p < ext_end:
+            etype = hs[p] << 8 | hs[p + 1]
+            elen = hs[p + 2] << 8 | hs[p + 3]
+            p += 4
+            if etype == 0:  # server_name: the first host_name
+                if hs[p + 2] == 0:
+                    nlen = hs[p + 3] << 8 | hs[p + 4]
+                    name = hs[p + 5 : p + 5 + nlen].decode("ascii")
+            elif etype == 16:  # application_layer_protocol_negotiation
+                q, q_end = p + 2, p + 2 + (hs[p] << 8 | hs[p + 1])
+                names = []
+                while q < q_end:
+                    plen = hs[q]
+                    names.append(hs[q + 1 : q + 1 + plen].decode("latin-1"))
+                    q += 1 + plen
+                alpn = tuple(names)
+            p += elen
+        if p != ext_end:
+            raise Unreadable("extensions overrun")
+    except (IndexError, UnicodeDecodeError):
+        raise Unreadable("truncated field") from None
+    return Hello(name, alpn, suites)
+
+
 # -- the connection's start ----------------------------------------------------------------
 
 _PP, _DETECT, _HELLO, _HANDSHAKE, _DONE = range(5)
@@ -725,7 +815,7 @@ class Preface(asyncio.Protocol):
         self.alert: int | None = None
         self.server: Any = None
         self.host: str | None = None
-        self.hello: tls_client_hello.ClientHello | None = None
+        self.hello: Hello | None = None
         self.stepper: stream_tls.Stepper | None = None
         self.h2 = False
         self.gone = False
@@ -818,14 +908,17 @@ class Preface(asyncio.Protocol):
             self._plain(data)
 
     def _hello(self, data: bytes) -> None:
-        try:
-            hello = tls_client_hello.parse(data, limit=HELLO_LIMIT)
-        except tls_client_hello.ClientHelloError:
-            self._start_tls(data, None)  # OpenSSL decides, and says why
-            return
-        if hello is None:
-            self.buf = data
-            return
+        hello: Hello | None = None
+        if data[0] == 0x16:
+            try:
+                hello = scan_hello(data)
+            except Unreadable:
+                self._start_tls(data, None)  # OpenSSL decides, and says why
+                return
+            if hello is None:
+                self.buf = data  # more to come
+                return
+        # (SSLv2 framing, first byte with the high bit set: OpenSSL's to judge as well.)
         self._start_tls(data, hello)
 
     def _plain(self, data: bytes) -> None:
@@ -840,7 +933,7 @@ class Preface(asyncio.Protocol):
 
     # -- TLS -------------------------------------------------------------------------------
 
-    def _choose(self, hello: tls_client_hello.ClientHello | None) -> ServerContext:
+    def _choose(self, hello: Hello | None) -> ServerContext:
         """The server the ClientHello's SNI names, and the context to start with."""
         conn = self.conn
         port = conn.port
@@ -888,7 +981,7 @@ class Preface(asyncio.Protocol):
                 obj.context = ctx
         return None
 
-    def _start_tls(self, data: bytes, hello: tls_client_hello.ClientHello | None) -> None:
+    def _start_tls(self, data: bytes, hello: Hello | None) -> None:
         ctx = self._choose(hello)
         self._cancel_timer()
         if self.alert is not None:
@@ -944,7 +1037,7 @@ class Preface(asyncio.Protocol):
         # What requests read later.
         obj.pyngx_server = self.server
         obj.pyngx_host = self.host
-        obj.pyngx_ciphers = self.hello.cipher_suites if self.hello is not None else ()
+        obj.pyngx_ciphers = self.hello.cipher_suites if self.hello is not None else b""
         conn.transport = transport
         conn.is_ssl = True
         transport.set_protocol(conn)
@@ -1099,10 +1192,12 @@ def _cipher_names() -> dict[int, str]:
 
 
 def _ciphers(obj: Any) -> str | None:
-    ids = getattr(obj, "pyngx_ciphers", ())
-    if not ids:
+    """$ssl_ciphers: the client's cipher suites that OpenSSL knows, by name."""
+    raw: bytes = getattr(obj, "pyngx_ciphers", b"")
+    if not raw:
         return None
     names = _cipher_names()
+    ids = (raw[i] << 8 | raw[i + 1] for i in range(0, len(raw) - 1, 2))
     return ":".join(names[i] for i in ids if i in names) or None
 
 

@@ -1,4 +1,5 @@
-"""pyngx.http.ssl's pure parts: SNI names, OpenSSL error texts, handshake log levels."""
+"""pyngx.http.ssl's pure parts: SNI names, the ClientHello scan, OpenSSL error texts, handshake
+log levels."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import ssl
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyngx.core.log import CRIT, INFO
 from pyngx.http.server_names import ServerNames
 from pyngx.http.ssl import (
+    Unreadable,
     handshake_failure,
     openssl_error_text,
+    scan_hello,
     sni_server,
     validate_host,
 )
+from pyngx.protocols import tls_client_hello
 
 
 @pytest.mark.parametrize(
@@ -108,3 +114,68 @@ def test_handshake_failure_levels() -> None:
     exc.reason = "SOMETHING_ELSE"  # type: ignore[misc]
     exc.library = "SSL"  # type: ignore[misc]
     assert handshake_failure(exc)[0] == CRIT
+
+
+def real_hello(sni: str | None, alpn: list[str] | None = None, tls12: bool = False) -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def split_records(hello: bytes, size: int) -> bytes:
+    """The same handshake message in records of at most `size` bytes."""
+    body = hello[5:]
+    out = b""
+    for i in range(0, len(body), size):
+        part = body[i : i + size]
+        out += hello[:3] + len(part).to_bytes(2, "big") + part
+    return out
+
+
+HELLOS = [
+    ("a.test", None, False),
+    ("www.example.org", ["h2", "http/1.1"], False),
+    (None, ["http/1.1"], True),
+    (".".join(["x" * 60] * 4) + ".test", ["a" * 100, "b"], False),
+]
+
+
+@pytest.mark.parametrize(("sni", "alpn", "tls12"), HELLOS)
+def test_scan_hello_agrees_with_the_full_reader(
+    sni: str | None, alpn: list[str] | None, tls12: bool
+) -> None:
+    hello = real_hello(sni, alpn, tls12)
+    full = tls_client_hello.parse(hello)
+    assert full is not None
+    for data in (hello, split_records(hello, 50), split_records(hello, 7)):
+        got = scan_hello(data)
+        assert got is not None
+        assert got.server_name == full.server_name
+        assert got.alpn == full.alpn
+        ids = tuple(
+            got.cipher_suites[i] << 8 | got.cipher_suites[i + 1]
+            for i in range(0, len(got.cipher_suites), 2)
+        )
+        assert ids == full.cipher_suites
+        # Every proper prefix asks for more.
+        for cut in range(0, len(data), 13):
+            assert scan_hello(data[:cut]) is None
+
+
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=600))
+def test_scan_hello_never_fails_otherwise(junk: bytes, cut: int) -> None:
+    hello = real_hello("a.test", ["h2"])
+    for data in (junk, b"\x16\x03\x01" + junk, hello[:cut] + junk):
+        try:
+            scan_hello(data)
+        except Unreadable:
+            pass
