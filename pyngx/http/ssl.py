@@ -1188,6 +1188,9 @@ def _cipher_names() -> dict[int, str]:
             continue
         for c in ctx.get_ciphers():
             names.setdefault(c["id"] & 0xFFFF, c["name"])
+    # Signalling values OpenSSL keeps in the client's list too (no context enables them).
+    names[0x00FF] = "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"
+    names[0x5600] = "TLS_FALLBACK_SCSV"
     return names
 
 

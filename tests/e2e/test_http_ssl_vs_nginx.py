@@ -298,6 +298,42 @@ def test_logged_status_of_496_497_vs_nginx(
     assert logs[1] == logs[0]
 
 
+CERT_LOG = (
+    "log_format c '$ssl_client_verify|$ssl_client_s_dn|$ssl_client_i_dn|"
+    "$ssl_client_s_dn_legacy|$ssl_client_i_dn_legacy|$ssl_client_serial|"
+    "$ssl_client_fingerprint|$ssl_client_v_start|$ssl_client_v_end|$ssl_client_v_remain|"
+    "$ssl_client_escaped_cert|$ssl_protocol|$ssl_cipher|$ssl_ciphers|$ssl_server_name|"
+    "$ssl_alpn_protocol|$ssl_early_data';\n"
+    "access_log logs/c.log c;\n"
+)
+
+
+def test_tls_variables_vs_nginx(
+    pyngx: ServerFactory, nginx: ServerFactory, certs: dict[str, str], site: Path
+) -> None:
+    def conf(port: int) -> str:
+        tls = f"ssl_certificate {certs['a.test.crt']}; ssl_certificate_key {certs['a.test.key']};"
+        return (
+            "http {\n" + CERT_LOG + "ssl_protocols TLSv1.2 TLSv1.3;\n"
+            f"server {{ listen 127.0.0.1:{port} ssl; server_name a.test; {tls}\n"
+            f"  ssl_verify_client optional; ssl_client_certificate {certs['ca.pem']};\n"
+            f"  root {site / 'a'}; }}\n"
+            "}\n"
+        )
+
+    logs = []
+    for srv, port in both(pyngx, nginx, conf):
+        tls12 = tls_context(certs, cert=True)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        tls12.set_alpn_protocols(["http/1.1"])
+        tls_get(port, "a.test", "a.test", ctx=tls12)
+        tls_get(port, None, "a.test", ctx=tls_context(certs, cert=True))
+        tls_get(port, "a.test", "a.test", ctx=tls_context(certs))
+        logs.append(access_lines(srv, 3, "c.log"))
+    assert logs[1] == logs[0]
+    assert logs[0][0].startswith("SUCCESS|CN=client")
+
+
 # -- handshakes that fail ------------------------------------------------------------------
 
 
