@@ -42,23 +42,32 @@ Requests (POST_READ)
 ssl port; 421 when the SNI selected a server and the Host names another one that wants client
 certificates; 496 when the server has `ssl_verify_client on` and the client sent none.
 
+Client certificates follow nginx: the handshake never fails on them (nginx's verify callback
+is installed through libssl, see LibSSL), and the request is answered with 495 or 496 by the
+server's ssl_verify_client, with $ssl_client_verify saying why.
+
 What Python's ssl cannot do, and is accepted but not honoured:
-- ssl_verify_client: untrusted client certificates fail the handshake (nginx completes it and
-  answers 495); `optional_no_ca` therefore behaves as `optional`; no CA names are sent in the
-  certificate request; ssl_verify_depth is not enforced (chains are checked fully).
+- no CA names are sent in the certificate request. Without LibSSL (if its checks of Python's
+  objects fail), a bad client certificate fails the handshake and ssl_verify_depth is not
+  enforced.
 - ssl_session_cache, ssl_session_timeout, ssl_session_ticket_key, ssl_buffer_size: OpenSSL's
   per-process session cache, its 300 s timeout and per-context ticket keys (the same in every
   worker, which inherit them) apply.
 - ssl_ecdh_curve with a list: the names are checked, OpenSSL's default groups stay in use.
 - ssl_stapling*, ssl_ocsp*, ssl_conf_command, ssl_early_data: accepted; stapling, OCSP and
   conf commands are warned about when switched on; early data is never accepted.
+- a handshake that OpenSSL fails is closed without its alert (asyncio drops a failed
+  handshake's output); the refusals decided from the ClientHello send nginx's alert.
 - $ssl_curves is not provided (no access to the client's groups).
 - certificate paths with variables may use $ssl_server_name only.
+- `ssl on` is an unknown directive, as in nginx since 1.25.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import importlib
@@ -223,6 +232,118 @@ def handshake_failure(exc: BaseException) -> tuple[int, str]:
     return INFO, "peer closed connection in SSL handshake"
 
 
+# -- what Python's ssl does not expose ----------------------------------------------------
+
+# X509_V_ERR_* that `ssl_verify_client optional_no_ca` lets through (ngx_ssl_verify_error_optional).
+_OPTIONAL_ERRORS = frozenset((2, 18, 19, 20, 21))
+_SSL_VERIFY_PEER = 1
+_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+@_VerifyCallback
+def _accept(preverify_ok: int, store: int | None) -> int:
+    # nginx's ngx_ssl_verify_callback: OpenSSL records the verdict, the handshake goes on.
+    return 1
+
+
+class LibSSL:
+    """Two things nginx does that Python's ssl module has no call for, asked of libssl itself
+    (the library _ssl is linked with): a verify callback that never fails the handshake, so
+    that a bad client certificate is answered with 495 as in nginx, with its verify depth; and
+    SSL_get_verify_result, for that answer and $ssl_client_verify. The OpenSSL pointers are
+    read from the start of Python's own objects, and that reading is checked against libssl
+    on throwaway objects first; if anything does not match, `ok` is False and pyngx does
+    without (a bad client certificate then fails the handshake)."""
+
+    CTX_OFFSET = 16  # PySSLContext: PyObject_HEAD, then SSL_CTX *ctx
+    SSL_OFFSET = 24  # PySSLSocket: PyObject_HEAD, the socket weakref, then SSL *ssl
+
+    def __init__(self) -> None:
+        self.ok = False
+        try:
+            self._bind()
+            self.ok = self._check()
+        except (OSError, AttributeError, ValueError, TypeError):
+            self.ok = False
+
+    def _bind(self) -> None:
+        name = ctypes.util.find_library("ssl")
+        crypto_name = ctypes.util.find_library("crypto")
+        if name is None or crypto_name is None:
+            raise OSError("libssl not found")
+        lib = ctypes.CDLL(name)
+        crypto = ctypes.CDLL(crypto_name)
+        vp = ctypes.c_void_p
+        lib.SSL_CTX_get_verify_mode.argtypes = [vp]
+        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        lib.SSL_CTX_set_verify.argtypes = [vp, ctypes.c_int, _VerifyCallback]
+        lib.SSL_CTX_set_verify.restype = None
+        lib.SSL_CTX_set_verify_depth.argtypes = [vp, ctypes.c_int]
+        lib.SSL_CTX_set_verify_depth.restype = None
+        lib.SSL_CTX_get_verify_depth.argtypes = [vp]
+        lib.SSL_CTX_get_verify_depth.restype = ctypes.c_int
+        lib.SSL_CTX_get_options.argtypes = [vp]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_get_SSL_CTX.argtypes = [vp]
+        lib.SSL_get_SSL_CTX.restype = vp
+        lib.SSL_get_verify_result.argtypes = [vp]
+        lib.SSL_get_verify_result.restype = ctypes.c_long
+        crypto.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
+        crypto.X509_verify_cert_error_string.restype = ctypes.c_char_p
+        self.lib = lib
+        self.crypto = crypto
+
+    def _ctx_ptr(self, ctx: ssl.SSLContext) -> int | None:
+        value: int | None = ctypes.c_void_p.from_address(id(ctx) + self.CTX_OFFSET).value
+        return value
+
+    def _ssl_ptr(self, obj: ssl.SSLObject) -> int | None:
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        value: int | None = ctypes.c_void_p.from_address(id(inner) + self.SSL_OFFSET).value
+        return value
+
+    def _check(self) -> bool:
+        lib = self.lib
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ptr = self._ctx_ptr(probe)
+        if not ptr:
+            return False
+        for mode, bits in ((ssl.CERT_NONE, 0), (ssl.CERT_OPTIONAL, 1), (ssl.CERT_REQUIRED, 3)):
+            probe.verify_mode = mode
+            if lib.SSL_CTX_get_verify_mode(ptr) != bits:
+                return False
+        for options in (probe.options | ssl.OP_NO_TICKET, probe.options & ~ssl.OP_NO_TICKET):
+            probe.options = options
+            if lib.SSL_CTX_get_options(ptr) != int(probe.options):
+                return False
+        other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        obj = probe.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+        sslp = self._ssl_ptr(obj)
+        if not sslp or lib.SSL_get_SSL_CTX(sslp) != ptr:
+            return False
+        obj.context = other
+        return bool(lib.SSL_get_SSL_CTX(sslp) == self._ctx_ptr(other))
+
+    def accept_any_certificate(self, ctx: ssl.SSLContext, depth: int) -> None:
+        if self.ok:
+            ptr = self._ctx_ptr(ctx)
+            self.lib.SSL_CTX_set_verify(ptr, _SSL_VERIFY_PEER, _accept)
+            self.lib.SSL_CTX_set_verify_depth(ptr, depth)
+
+    def verify_result(self, obj: ssl.SSLObject) -> int:
+        """X509_V_OK (0) or the error that verifying the client's certificate found."""
+        if not self.ok:
+            return 0
+        return int(self.lib.SSL_get_verify_result(self._ssl_ptr(obj)))
+
+    def verify_error(self, code: int) -> str:
+        text: bytes = self.crypto.X509_verify_cert_error_string(code)
+        return text.decode("latin-1")
+
+
+LIBSSL = LibSSL()
+
+
 # -- directives ----------------------------------------------------------------------------
 
 
@@ -354,6 +475,7 @@ class Settings:
     dhparam: str | None
     ecdh_curve: str
     verify: str
+    verify_depth: int
     client_certificate: str | None
     trusted_certificate: str | None
     crl: str | None
@@ -486,6 +608,8 @@ def make_context(s: Settings, alpn: tuple[str, ...], *, certificates: bool = Tru
         if s.crl is not None:
             _load_verify(ctx, s.crl)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+        # After the last change of verify_mode, which resets OpenSSL's callback.
+        LIBSSL.accept_any_certificate(ctx, s.verify_depth)
     if certificates:
         for cert, key in s.certs:
             if not has_variables(cert) and not has_variables(key):
@@ -558,6 +682,7 @@ def _settings(sctx: Context, where: str) -> tuple[Settings | None, str, bool]:
         dhparam=sctx.get("ssl_dhparam", None),
         ecdh_curve=sctx.get("ssl_ecdh_curve", "auto"),
         verify=verify,
+        verify_depth=int(sctx.get("ssl_verify_depth", 1)),
         client_certificate=client_ca,
         trusted_certificate=sctx.get("ssl_trusted_certificate", None),
         crl=sctx.get("ssl_crl", None),
@@ -1149,9 +1274,21 @@ def post_read(r: Any) -> int | None:
             "negotiated while reading client request headers",
         )
         return 421
-    if verify == "on" and not obj.getpeercert(True):
-        r.log(INFO, "client sent no required SSL certificate while reading client request headers")
-        return 496
+    if verify != "off":
+        rc = LIBSSL.verify_result(obj)
+        if rc and (verify != "optional_no_ca" or rc not in _OPTIONAL_ERRORS):
+            r.log(
+                INFO,
+                f"client SSL certificate verify error: ({rc}:{LIBSSL.verify_error(rc)}) "
+                "while reading client request headers",
+            )
+            return 495
+        if verify == "on" and not obj.getpeercert(True):
+            r.log(
+                INFO,
+                "client sent no required SSL certificate while reading client request headers",
+            )
+            return 496
     return None
 
 
@@ -1214,6 +1351,9 @@ def _session_id(obj: Any) -> str | None:
 
 
 def _client_verify(obj: Any) -> str:
+    rc = LIBSSL.verify_result(obj)
+    if rc:
+        return f"FAILED:{LIBSSL.verify_error(rc)}"
     return "SUCCESS" if obj.getpeercert(True) else "NONE"
 
 

@@ -334,6 +334,63 @@ def test_tls_variables_vs_nginx(
     assert logs[0][0].startswith("SUCCESS|CN=client")
 
 
+def test_client_certificate_errors_vs_nginx(
+    pyngx: ServerFactory, nginx: ServerFactory, certs: dict[str, str], site: Path, tmp_path: Path
+) -> None:
+    """Untrusted and self-signed client certificates complete the handshake; the request is
+    then answered by ssl_verify_client's mode (495 for on/optional, served for
+    optional_no_ca when the error is one it lets through)."""
+    other = trustme.CA().issue_cert("stranger@example.com", common_name="stranger")
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(other.private_key_and_cert_chain_pem.bytes())
+    selfsigned = tmp_path / "self.pem"
+    selfsigned.write_bytes(
+        trustme.CA().private_key_pem.bytes() + b"\n" + trustme.CA().cert_pem.bytes()
+    )
+    own = trustme.CA()
+    own_pem = tmp_path / "own.pem"
+    own_pem.write_bytes(own.private_key_pem.bytes() + own.cert_pem.bytes())
+
+    def conf(port: int) -> str:
+        tls = f"ssl_certificate {certs['a.test.crt']}; ssl_certificate_key {certs['a.test.key']};"
+        servers = ""
+        for name, mode in (("on", "on"), ("opt", "optional"), ("noca", "optional_no_ca")):
+            servers += (
+                f"server {{ listen 127.0.0.1:{port} ssl; server_name {name}; {tls}\n"
+                f"  ssl_verify_client {mode}; ssl_client_certificate {certs['ca.pem']};\n"
+                f"  root {site / 'a'}; }}\n"
+            )
+        return (
+            "http {\n"
+            "log_format v '$server_name|$status|$ssl_client_verify|$ssl_client_s_dn';\n"
+            "access_log logs/v.log v; ssl_protocols TLSv1.2 TLSv1.3;\n" + servers + "}\n"
+        )
+
+    def with_cert(path: Path | None) -> ssl.SSLContext:
+        ctx = tls_context(None)
+        if path is not None:
+            ctx.load_cert_chain(str(path))
+        return ctx
+
+    results = []
+    for srv, port in both(pyngx, nginx, conf):
+        lines = []
+        for name in ("on", "opt", "noca"):
+            for path in (stranger, own_pem, None):
+                got, _ = tls_get(port, name, name, ctx=with_cert(path))
+                lines.append(got.split(b"\r\n")[0])
+        time.sleep(0.2)
+        # nginx sends and logs 495/496 as 400; pyngx's logged status does not follow yet
+        # (see test_logged_status_of_496_497_vs_nginx), nor its status line without the full
+        # special_response: compare those as 400 here.
+        logged = [re.sub(r"\|49[5-7]\|", "|400|", x) for x in access_lines(srv, 9, "v.log")]
+        if not FULL_ERROR_PAGES:
+            lines = [re.sub(rb" 49[5-7] $", b" 400 Bad Request", x) for x in lines]
+        results.append((lines, logged, error_lines(srv, port, ("certificate",))))
+    assert results[1] == results[0]
+    assert results[0][0][0] == b"HTTP/1.1 400 Bad Request"
+
+
 # -- handshakes that fail ------------------------------------------------------------------
 
 

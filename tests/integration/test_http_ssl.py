@@ -495,6 +495,36 @@ def test_verify_client_on(pyngx: ServerFactory, certs: dict[str, str], site: Pat
     assert (lines[1]["verify"], lines[1]["s_dn"]) == ("NONE", "-")
 
 
+def test_untrusted_client_certificate(
+    pyngx: ServerFactory, certs: dict[str, str], site: Path, tmp_path: Path
+) -> None:
+    """As in nginx, the handshake completes; the request is answered with 495."""
+    from pyngx.http.ssl import LIBSSL
+
+    if not LIBSSL.ok:
+        pytest.skip("libssl's verify callback is not reachable here")
+    stranger = tmp_path / "stranger.pem"
+    leaf = trustme.CA().issue_cert("stranger@example.com", common_name="stranger")
+    stranger.write_bytes(leaf.private_key_and_cert_chain_pem.bytes())
+    port = free_port()
+    srv = pyngx(verify_conf(port, certs, site, "on"))
+    ctx = client_context(certs)
+    ctx.load_cert_chain(str(stranger))
+    r = https(port, "b.test", ctx=ctx)
+    if FULL_ERROR_PAGES:
+        assert r.status == 400 and b"The SSL certificate error" in r.body
+    else:
+        assert r.status == 495
+    srv.wait_for_log(
+        r"\[info\] .* client SSL certificate verify error: \(21:unable to verify the first "
+        r"certificate\) while reading client request headers, client: 127\.0\.0\.\d+, "
+        r"server: b\.test"
+    )
+    line = fields(log_lines(srv, 1)[0])
+    assert line["verify"] == "FAILED:unable to verify the first certificate"
+    assert line["s_dn"].startswith("CN=stranger")
+
+
 def test_verify_client_optional(pyngx: ServerFactory, certs: dict[str, str], site: Path) -> None:
     port = free_port()
     srv = pyngx(verify_conf(port, certs, site, "optional"))
