@@ -599,8 +599,8 @@ def make_context(s: Settings, alpn: tuple[str, ...], *, certificates: bool = Tru
     _set_curves(ctx, s.ecdh_curve)
     ctx.set_alpn_protocols(list(alpn))
     if s.verify != "off":
-        # nginx requests a certificate without failing the handshake when none comes; the
-        # request is then answered with 496 (post_read).
+        # nginx requests a certificate and never fails the handshake over it: the request is
+        # answered with 495 or 496 instead (post_read).
         ctx.verify_mode = ssl.CERT_OPTIONAL
         for path in (s.client_certificate, s.trusted_certificate):
             if path is not None:
@@ -656,7 +656,7 @@ class _Builder:
         return ctx
 
 
-def _settings(sctx: Context, where: str) -> tuple[Settings | None, str, bool]:
+def _settings(sctx: Context) -> tuple[Settings | None, str, bool]:
     """(settings or None without certificates, verify, reject), with nginx's checks."""
     certs: list[str] = sctx.get("ssl_certificate", [])
     keys: list[str] = sctx.get("ssl_certificate_key", [])
@@ -706,7 +706,7 @@ def finish(http: Context, conf: Any) -> None:
     builder = _Builder()
     for server in conf.servers:
         sctx = server.ctx
-        settings, verify, reject = _settings(sctx, server.where)
+        settings, verify, reject = _settings(sctx)
         h2 = h2_available() and bool(sctx.get("http2", False))
         tls = ServerTls(verify, reject, h2, settings)
         if settings is not None:
@@ -901,6 +901,8 @@ _PP, _DETECT, _HELLO, _HANDSHAKE, _DONE = range(5)
 
 def start_preface(conn: Any) -> None:
     """Called from HttpConnection.connection_made on ssl / proxy_protocol ports."""
+    if conn.is_ssl:
+        return  # a listener that does TLS itself (HttpPort.ssl set): nothing left to do here
     Preface(conn)
 
 

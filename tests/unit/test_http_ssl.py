@@ -4,6 +4,7 @@ log levels."""
 from __future__ import annotations
 
 import ssl
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from pyngx.core.log import CRIT, INFO
 from pyngx.http.server_names import ServerNames
 from pyngx.http.ssl import (
+    LIBSSL,
     Unreadable,
     handshake_failure,
     openssl_error_text,
@@ -179,3 +181,19 @@ def test_scan_hello_never_fails_otherwise(junk: bytes, cut: int) -> None:
             scan_hello(data)
         except Unreadable:
             pass
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11) or sys.maxsize < 2**32,
+    reason="the object layouts LibSSL reads are checked on 64-bit CPython 3.11",
+)
+def test_libssl_reaches_openssl() -> None:
+    """pyngx's target Python: the verify callback must be installable, or bad client
+    certificates would fail handshakes instead of being answered with 495."""
+    assert LIBSSL.ok
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    LIBSSL.accept_any_certificate(ctx, 3)
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert LIBSSL.verify_result(obj) == 0
+    assert LIBSSL.verify_error(20) == "unable to get local issuer certificate"
