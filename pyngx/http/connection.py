@@ -186,6 +186,14 @@ class HttpConnection(asyncio.Protocol):
             return
         self.state = _HEAD
         self._arm("header", self.default.header_timeout)
+        # -- h-tls: `listen ... ssl` / `proxy_protocol`: the PROXY header and the TLS handshake
+        # come first; http/ssl.py holds the transport until they are done, then gives it back.
+        port = self.port
+        if port.listens[0].ssl or port.proxy_protocol:
+            from pyngx.http.ssl import start_preface
+
+            start_preface(self)
+        # -- end h-tls
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -448,6 +456,11 @@ class HttpConnection(asyncio.Protocol):
                 log.write(req)
         except Exception as exc:  # a log failure must not break the connection
             self.worker_log(ALERT, f"access log failed: {exc}")
+        # -- h-tls: realip replaced the client address for this request only (http/realip.py)
+        extra = req.extra
+        if extra is not None and "realip" in extra:
+            self.remote_addr, self.remote_port = extra.pop("realip")
+        # -- end h-tls
         if self.request is not req:
             return
         if abort or self.state == _CLOSED:

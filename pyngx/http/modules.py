@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 from pyngx.conf.registry import Registry
+from pyngx.http import autoindex_handler, realip, rewrite, ssl
 from pyngx.http import module as core
 
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    from pyngx.http import autoindex_handler, rewrite
-
     rewrite.register(reg)
-    modules: list[object] = [autoindex_handler]
+    modules: list[object] = [ssl, realip, autoindex_handler]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules

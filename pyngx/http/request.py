@@ -35,6 +35,12 @@ _NO_BODY = frozenset((204, 304))
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 DONE = -1  # a handler's "the response is (being) sent, nothing to finalize"
 
+# -- h-tls: what runs before the server rewrite phase: the TLS checks of nginx's
+# ngx_http_process_request (http/ssl.py: 497, 421, 496) and the post-read phase (http/realip.py).
+# handler(r) -> None to go on, or a status to finalize the request with.
+POST_READ: list[Callable[[Request], int | None]] = []
+# -- end h-tls
+
 
 class _DateCache:
     """The Date header, formatted once a second (nginx caches its time strings too)."""
@@ -210,6 +216,13 @@ class Request:
     def run(self) -> None:
         """Start processing at the server rewrite phase."""
         try:
+            # -- h-tls: TLS checks and the post-read phase (see POST_READ)
+            for handler in POST_READ:
+                st = handler(self)
+                if st is not None:
+                    self.finalize(st)
+                    return
+            # -- end h-tls
             self._phases(server_rewrite=True)
         except Exception as exc:  # a bug costs this request, never the worker
             self._crashed(exc)
