@@ -20,7 +20,7 @@ from pyngx.http.expires import expires_headers
 from pyngx.http.httpdate import http_date
 from pyngx.http.locations import REDIRECT_SLASH
 from pyngx.http.rewrite import set_captures
-from pyngx.http.special_response import error_page_body, status_line
+from pyngx.http.special_response import SENT_AS, error_page_body, status_line
 
 if TYPE_CHECKING:
     from pyngx.http.connection import HttpConnection
@@ -499,6 +499,9 @@ class Request:
         if self.err_status:
             self.status = self.err_status
         status = self.status
+        if status in SENT_AS:
+            # nginx's own 494-497 go out (and are logged) as 400.
+            status = self.status = SENT_AS[status]
         loc = self.loc
         if self.version < (1, 0):
             return b""

@@ -282,11 +282,6 @@ def test_no_client_certificate_and_plain_http_vs_nginx(
 
 
 @needs_error_pages
-@pytest.mark.xfail(
-    reason="nginx logs $status 400 for 494-497 (r->err_status); pyngx's request.finalize "
-    "does not map them yet",
-    strict=False,
-)
 def test_logged_status_of_496_497_vs_nginx(
     pyngx: ServerFactory, nginx: ServerFactory, certs: dict[str, str], site: Path
 ) -> None:
