@@ -351,3 +351,20 @@ def test_access_log_combined(tmp_path: Path, nginx: ServerFactory, pyngx: Server
             time.sleep(0.05)
         lines.append(re.sub(r"\[[^\]]+\]", "[t]", log.read_text()))
     assert lines[0] == lines[1]
+
+
+def test_debian_default_nginx_conf_passes_the_test_flag() -> None:
+    """Debian's own /etc/nginx/nginx.conf (with sites-enabled/default) reads as nginx reads it."""
+    import subprocess
+    import sys
+
+    conf = Path("/etc/nginx/nginx.conf")
+    if not conf.exists():
+        pytest.skip("Debian's nginx configuration is not installed")
+    r = subprocess.run(
+        [sys.executable, "-m", "pyngx", "-t", "-q", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
