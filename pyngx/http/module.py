@@ -116,6 +116,7 @@ class HttpConf:
     variables: VariableTable
     upstreams: dict[str, Any] = field(default_factory=dict)
     health_checks: list[Any] = field(default_factory=list)
+    caches: list[Any] = field(default_factory=list)  # proxy_cache_path (http/cache)
 
 
 # -- directive handlers ------------------------------------------------------------------
@@ -697,6 +698,7 @@ def build(
     from pyngx.http.mime import default_types
 
     http.slots["__default_types__"] = default_types()
+    http.slots["__prefix__"] = prefix  # paths relative to the prefix (proxy_cache_path)
     log_cache: dict[int, list[AccessLog]] = {}
     all_logs: list[AccessLog] = []
 

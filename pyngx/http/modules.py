@@ -9,10 +9,10 @@ from pyngx.http import module as core
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    from pyngx.http import autoindex_handler, rewrite
+    from pyngx.http import autoindex_handler, cache, rewrite
 
     rewrite.register(reg)
-    modules: list[object] = [autoindex_handler]
+    modules: list[object] = [autoindex_handler, cache]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules
