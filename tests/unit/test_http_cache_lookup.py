@@ -556,3 +556,30 @@ def test_lock_age_lets_one_more_request_through(tmp_path: Path) -> None:
     assert (second.action, second.cacheable) == (cache.UPSTREAM, True)
     holder.close()
     second.close()
+
+
+def test_a_dropped_lookup_releases_its_node(tmp_path: Path) -> None:
+    import gc
+
+    c = load(tmp_path, LOCKED)
+    holder = hit(c, "/drop")
+    assert holder.action == cache.UPSTREAM and holder.lock_time is not None
+    zone = c.http.caches[0]  # type: ignore[attr-defined]
+    digest = hashlib.md5(b"/drop").digest()
+    assert zone.index.peek(digest)["count"] == 1
+    del holder
+    gc.collect()
+    assert zone.index.peek(digest) is None  # released and freed (no file, min_uses 1)
+    assert "stalled cache updating" in error_log(tmp_path)
+    assert hit(c, "/drop").action == cache.UPSTREAM  # nobody holds the lock any more
+
+
+def test_short_body_is_not_stored(basic: object) -> None:
+    r = request(basic, "/short")
+    lk = cache.start_lookup(r, r.loc.cache)  # type: ignore[attr-defined]
+    w = cache.store_writer(r, r.loc.cache, lk, 200, [("Content-Length", "10")],  # type: ignore[attr-defined]
+                           expected_length=10)
+    assert w is not None
+    w.write(b"12345")
+    assert not w.commit()
+    assert lk.closed and hit(basic, "/short").status == "MISS"

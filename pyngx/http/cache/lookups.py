@@ -38,6 +38,7 @@ from pyngx.http.cache import zone as zn
 from pyngx.http.cache.policy import (
     BYPASS,
     EXPIRED,
+    HIT,
     MISS,
     REVALIDATED,
     SERVE,
@@ -168,6 +169,17 @@ class CacheLookup:
         self.lock_time = None
         if held:
             _wake(self.zone, self.digest)
+
+    def __del__(self) -> None:
+        # nginx's pool cleanup (ngx_http_file_cache_cleanup): a request that ends without
+        # closing its lookup must not keep the node held or the entry locked.
+        if not self.closed and (self.referenced or self.lock_time is not None):
+            try:
+                if self.lock_time is not None:
+                    self.r.log(ALERT, "stalled cache updating, error:0")
+                self.close()
+            except Exception:
+                pass
 
     def for_background(self) -> CacheLookup:
         """SERVE_AND_UPDATE: the lookup the background update continues with (it takes over
@@ -346,7 +358,8 @@ def _open(lk: CacheLookup) -> None:
         ):
             # The hit path: one lock round in the zone, no system call.
             lk.entry = hot
-            _outcome(lk, "hit")
+            lk.status = HIT
+            lk.action = SERVE
             return
     if not lk.referenced and node.slot >= 0:
         lk.referenced = idx.acquire(node.slot, digest)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pyngx.http.cache.store import Entry
+from pyngx.http.conditional import not_modified
 from pyngx.http.request import DONE
 
 # ngx_http_proxy_hide_headers, and what the upstream module never passes as it is.
@@ -106,13 +107,22 @@ def _serve(
     copy_headers(r, status, entry.reason, entry.headers)
     out = r.out
     size = entry.body_length
-    out.content_length = _content_length(entry.headers, size)
+    meta = entry.send_meta
+    if meta is None:
+        meta = entry.send_meta = (
+            _content_length(entry.headers, size),
+            any(n.lower() == "accept-ranges" for n, _ in entry.headers),
+        )
+    out.content_length = meta[0]
     h = entry.header
     last_modified = None if h.last_modified == -1 else float(h.last_modified)
     etag = h.etag or None
-    if status == 200:
-        from pyngx.http.conditional import not_modified
-
+    if status == 200 and (
+        "if-modified-since" in r.headers
+        or "if-none-match" in r.headers
+        or "if-match" in r.headers
+        or "if-unmodified-since" in r.headers
+    ):
         code = not_modified(r.headers, 200, last_modified, etag, r.loc.if_modified_since)
         if code == 304:
             r.send_response(304, b"")
@@ -121,8 +131,7 @@ def _serve(
             # ngx_http_filter_finalize_request: the error page, without the entry's headers.
             r.out = type(out)()
             return code
-    allow_ranges = force_ranges or any(n.lower() == "accept-ranges" for n, _ in entry.headers)
-    if allow_ranges:
+    if force_ranges or meta[1]:
         out.headers = [(n, v) for n, v in out.headers if n.lower() != "accept-ranges"]
         if (
             status == 200

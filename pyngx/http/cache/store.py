@@ -233,6 +233,8 @@ class Entry:
     version: int = 0
     size: int = 0  # bytes it takes in the HotCache
     extra: dict[str, Any] = field(default_factory=dict)
+    # Worked out once by serve.py: (Content-Length to send or None, ranges allowed).
+    send_meta: tuple[int | None, bool] | None = None
 
     @property
     def body_length(self) -> int:
