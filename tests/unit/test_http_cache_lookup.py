@@ -583,3 +583,18 @@ def test_short_body_is_not_stored(basic: object) -> None:
     w.write(b"12345")
     assert not w.commit()
     assert lk.closed and hit(basic, "/short").status == "MISS"
+
+
+def test_large_range_streams_even_if_the_lookup_is_closed_first(basic: object) -> None:
+    big = os.urandom(st.STREAM_CHUNK * 2 if hasattr(st, "STREAM_CHUNK") else 600_000)
+    fetch(request(basic, "/bigr"), headers=[("Accept-Ranges", "bytes")], body=big)
+    forget_memory(basic)
+    r = request(basic, "/bigr", headers=[("Range", "bytes=1000-400999")])
+    lk = cache.start_lookup(r, r.loc.cache)  # type: ignore[attr-defined]
+    res = cache.serve_entry(r, lk.entry, lk)
+    assert not isinstance(res, int)
+    lk.close()  # the proxy may close at once: the stream has its own descriptor
+    assert asyncio.run(res) == DONE
+    status, headers, body, _ = response(r)
+    assert (status, headers["content-range"], body) == (206, f"bytes 1000-400999/{len(big)}",
+                                                         big[1000:401000])

@@ -165,6 +165,10 @@ def test_two_instances_share_entries(tmp_path: Path) -> None:
         assert cache.serve_entry(r, lk.entry, lk) == -1
         status, headers, body, _ = response(r)
         assert (status, headers["x-from"], body) == (200, "one", b"payload")
+        sent = len(server.commands)
+        r = request(two, "/shared")
+        assert cache.start_lookup(r, r.loc.cache).status == "HIT"  # type: ignore[attr-defined]
+        assert len(server.commands) == sent  # now in two's memory
         # not in Redis: a miss
         r = request(two, "/other")
         lk = await cache.lookup(r, r.loc.cache)  # type: ignore[attr-defined]

@@ -156,7 +156,7 @@ class CacheLookup:
         if self.entry is not None:
             self.entry.close()  # a file kept open for a large body (never a shared copy)
         node = self.node
-        if node is not None and node.slot >= 0 and (self.referenced or self.lock_time):
+        if node is not None and node.slot >= 0 and (self.referenced or self.lock_time is not None):
             self.zone.index.release(
                 node.slot,
                 self.digest,
@@ -363,6 +363,8 @@ def _open(lk: CacheLookup) -> None:
             return
     if not lk.referenced and node.slot >= 0:
         lk.referenced = idx.acquire(node.slot, digest)
+    if entry is not None and zone.store is not None and entry.header.valid_sec < now:
+        entry = None  # another instance may have stored a fresh one: ask the shared store
     if node.rc == zn.AGAIN:
         _outcome(lk, "scarce")
         return
@@ -478,7 +480,7 @@ def _use_entry(lk: CacheLookup, entry: store.Entry, now: int, *, read: bool) -> 
 
 def _release_node(lk: CacheLookup) -> None:
     node = lk.node
-    if node is not None and node.slot >= 0 and (lk.referenced or lk.lock_time):
+    if node is not None and node.slot >= 0 and (lk.referenced or lk.lock_time is not None):
         lk.zone.index.release(
             node.slot,
             lk.digest,

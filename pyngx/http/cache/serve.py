@@ -159,7 +159,7 @@ def _serve(
         return DONE
     r.status = status
     r.send_head()
-    return _stream(r, entry, 0, size, lookup)
+    return _stream(r, entry, os.dup(entry.fd), 0, size, lookup)
 
 
 def _ranges(
@@ -197,7 +197,7 @@ def _ranges(
             r.send_response(206, entry.read_body(start, end - start))
             return DONE
         r.send_head()
-        return _stream(r, entry, start, end - start, lookup)
+        return _stream(r, entry, os.dup(entry.fd), start, end - start, lookup)
     ctype = out.content_type
     if ctype and out.charset:
         ctype = f"{ctype}; charset={out.charset}"
@@ -219,10 +219,10 @@ def _ranges(
     return DONE
 
 
-async def _stream(r: Any, entry: Entry, offset: int, count: int, lookup: Any) -> int:
-    """A body too large for one read: STREAM_CHUNK pieces, pausing while the client is."""
+async def _stream(r: Any, entry: Entry, fd: int, offset: int, count: int, lookup: Any) -> int:
+    """A body too large for one read: STREAM_CHUNK pieces, pausing while the client is.
+    `fd` is the stream's own (a dup made before the caller could close the entry)."""
     conn = r.conn
-    fd = os.dup(entry.fd)
     base = entry.header.body_start
     try:
         while count > 0 and not r.done:
