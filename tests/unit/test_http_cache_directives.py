@@ -169,6 +169,11 @@ def test_errors_as_nginx(tmp_path: Path, body: str, message: str) -> None:
     assert err(tmp_path, body) == message
 
 
+def test_not_allowed_in_if(tmp_path: Path) -> None:
+    body = P + " server { location / { if ($arg_x) { proxy_cache z; } } }"
+    assert err(tmp_path, body) == '"proxy_cache" directive is not allowed here in D:7'
+
+
 def test_unknown_zone_is_reported_at_the_end_of_http(tmp_path: Path) -> None:
     body = "server {\n  location / {\n    proxy_cache zz;\n  }\n}\n"
     # http's closing brace: line 13 of D (the body runs from line 7 to 12)
