@@ -121,6 +121,7 @@ class Worker:
         self._stopped: asyncio.Future[None] | None = None
         self.health: HealthCheckers | None = None
         self.resolvers: UpstreamResolvers | None = None
+        self.cache_processes: Any = None  # proxy_cache loader/manager (worker 0)
 
     # -- used by sessions --------------------------------------------------------------
 
@@ -173,6 +174,9 @@ class Worker:
         self.health = start_health_checks(loop, self.cycle.health_checks)
         # `server ... resolve` names: their groups have no peers until the first answer.
         self.resolvers = start_resolvers(loop, self.cycle.stream_servers, self.cycle.error_log)
+        from pyngx.http.cache.manager import start_cache_processes
+
+        self.cache_processes = start_cache_processes(self)
         for group, sock in self.groups:
             if group.opts.udp:
                 # Its close() (graceful or fast) ends its sessions: no socket, no session.
@@ -275,6 +279,9 @@ class Worker:
         # Likewise the resolver tasks: a draining worker's sessions already hold their peers.
         if self.resolvers is not None:
             self.resolvers.cancel()
+        # The new generation's worker 0 takes over the cache manager.
+        if self.cache_processes is not None:
+            self.cache_processes.cancel()
 
     def reopen(self) -> None:
         self.cycle.error_log.log(NOTICE, "reopening logs")

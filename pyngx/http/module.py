@@ -118,6 +118,7 @@ class HttpConf:
     variables: VariableTable
     upstreams: dict[str, Any] = field(default_factory=dict)
     health_checks: list[Any] = field(default_factory=list)
+    caches: list[Any] = field(default_factory=list)  # proxy_cache_path (http/cache)
 
 
 # -- directive handlers ------------------------------------------------------------------
@@ -700,6 +701,7 @@ def build(
     from pyngx.http.static import serve as static_serve
 
     http.slots["__default_types__"] = default_types()
+    http.slots["__prefix__"] = prefix  # paths relative to the prefix (proxy_cache_path)
     log_cache: dict[int, list[AccessLog]] = {}
     all_logs: list[AccessLog] = []
 
