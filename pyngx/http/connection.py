@@ -120,6 +120,8 @@ class HttpConnection(asyncio.Protocol):
         "head_started",
         "on_drain",
         "by_addr",
+        "stats",
+        "stat",
     )
 
     def __init__(self, worker: Any, port: HttpPort, by_addr: dict[str, Any] | None = None) -> None:
@@ -142,6 +144,9 @@ class HttpConnection(asyncio.Protocol):
         self.pp: Any = None
         self.is_ssl = False
         self.head_started = 0.0
+        # stub_status counters (http/stub_status.py): this connection's state in them.
+        self.stats: Any = None
+        self.stat = -1
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -171,7 +176,11 @@ class HttpConnection(asyncio.Protocol):
             self.server_addr, self.server_port = lo.addr.host, lo.addr.port
         self.is_ssl = transport.get_extra_info("sslcontext") is not None
         worker.http_connections.add(self)
-        if worker.over_connection_limit():
+        over = worker.over_connection_limit()
+        stats = self.stats = getattr(self.default.conf, "stub_stats", None)
+        if stats is not None:
+            stats.opened(self, handled=not over)
+        if over:
             worker.worker_log(
                 ALERT, f"{worker.worker_connections} worker_connections are not enough"
             )
@@ -218,6 +227,8 @@ class HttpConnection(asyncio.Protocol):
         if req is not None and not req.done:
             self._client_gone(req)
         self._cancel_timer()
+        if self.stats is not None:
+            self.stats.closed(self)
         self.worker.http_connections.discard(self)
         self.worker.http_connection_closed(self)
         waiters, self.drain_waiters = self.drain_waiters, None
@@ -268,6 +279,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             if head is None:
                 self.buf = data
+                if self.stats is not None:
+                    self.stats.reading(self)
                 return
             rest = data[head.size :]
             self.buf = b""
@@ -279,6 +292,8 @@ class HttpConnection(asyncio.Protocol):
             self.buf = b""
 
     def _bad_request(self, exc: HttpParseError, data: bytes) -> None:
+        if self.stats is not None:
+            self.stats.writing(self)
         req = Request(self, self.default)
         req.method = ""
         req.uri = ""
@@ -298,6 +313,8 @@ class HttpConnection(asyncio.Protocol):
         req.finalize(exc.status)
 
     def _start_request(self, head: Any, rest: bytes) -> None:
+        if self.stats is not None:
+            self.stats.writing(self)
         srv = self.default
         req = Request(self, srv)
         req.method = head.method
@@ -406,6 +423,7 @@ class HttpConnection(asyncio.Protocol):
                 log.write(req)
         except Exception as exc:  # a log failure must not break the connection
             self.worker_log(ALERT, f"access log failed: {exc}")
+        req.run_cleanups()
         if self.request is not req:
             return
         if abort or self.state == _CLOSED:
@@ -432,6 +450,8 @@ class HttpConnection(asyncio.Protocol):
         self._next_request()
 
     def _next_request(self) -> None:
+        if self.stats is not None:
+            self.stats.waiting(self)
         self.request = None
         self.body = None
         self.state = _IDLE
@@ -484,6 +504,7 @@ class HttpConnection(asyncio.Protocol):
             req.done = True
             for log in req.loc.access_logs:
                 log.write(req)
+            req.run_cleanups()
         if req.task is not None and not req.task.done():
             req.task.cancel()
         self.request = None
@@ -535,6 +556,7 @@ class HttpConnection(asyncio.Protocol):
                 req.done = True
                 for log in req.loc.access_logs:
                     log.write(req)
+                req.run_cleanups()
             self.abort_quietly()
 
     def abort_quietly(self) -> None:

@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from pyngx.conf.registry import Registry
+from pyngx.http import access, limit_conn, limit_req, maps, stub_status
 from pyngx.http import module as core
 
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    modules: list[object] = []
+    modules: list[object] = [
+        # Preaccess handlers run in this order (limit_req before limit_conn, as nginx's).
+        limit_req.MODULE,
+        limit_conn.MODULE,
+        access.MODULE,
+        stub_status.MODULE,
+        # Last: its variables may not take the name of another module's built-in one.
+        maps.MODULE,
+    ]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules
