@@ -327,8 +327,6 @@ def _limit_req_zone(ctx: Context, node: Node) -> None:
             if rate <= 0:
                 raise node.error(f'invalid rate "{param}"')
             continue
-        if param == "sync":
-            continue  # nginx's zone_sync (commercial): every worker shares one table anyway
         raise node.error(f'invalid parameter "{param}"')
     if not name:
         raise node.error(f'"{node.name}" must have "zone" parameter')
@@ -390,7 +388,8 @@ class LimitReqModule:
 
     @staticmethod
     def register(reg: Registry) -> None:
-        reg.add("limit_req_zone", [HTTP], _limit_req_zone, (3, 4))
+        # TAKE3: nginx 1.22 (open source) has no `sync` parameter (a commercial one).
+        reg.add("limit_req_zone", [HTTP], _limit_req_zone, (3, 3))
         reg.add("limit_req", MAIN_SRV_LOC, _limit_req, TAKE123)
         reg.add("limit_req_log_level", MAIN_SRV_LOC, _log_level, TAKE1)
         reg.add("limit_req_dry_run", MAIN_SRV_LOC, _dry_run, TAKE1)
