@@ -24,7 +24,9 @@ shared-memory rbtree), with slots
 and the zone's lock around each operation. nginx evicts buckets from the tail of an LRU queue
 (idle for a minute and drained, or the oldest when memory is short); here a full table evicts
 the drained ones, or else the least recently touched sixteenth, in one sweep, so the cost is
-amortized over many new keys. Time is the monotonic clock (shared by all processes).
+amortized over many new keys. Time is the monotonic clock (shared by all processes). As nginx
+keeps a zone across reloads when its name and size stay, the table is kept too (a changed key
+is then an error, as nginx's).
 
 A delayed request does not hold the event loop: the handler returns DONE and a timer resumes
 the access phase after it (`Request.resume_access`), as nginx re-runs its phase handlers.
@@ -47,7 +49,14 @@ from pyngx.conf.variables import VariableTable, compile_complex
 from pyngx.core.log import ALERT, ERROR, INFO
 from pyngx.http.limit_conn import limit_state, status_number
 from pyngx.http.request import DONE
-from pyngx.stream.limit_conn import LOG_LEVELS, ProbeTable, _raw, add_shm, parse_zone
+from pyngx.stream.limit_conn import (
+    LOG_LEVELS,
+    ProbeTable,
+    _raw,
+    add_shm,
+    kept_table,
+    parse_zone,
+)
 
 HTTP, SRV, LOC = "http", "http_server", "http_location"
 MAIN_SRV_LOC = (HTTP, SRV, LOC)
@@ -183,7 +192,7 @@ class ReqZone:
 
     def shared(self) -> ReqTable:
         if self.table is None:
-            self.table = ReqTable(self.size)
+            self.table = kept_table(TAG, self.name, self.size, self.key_text, ReqTable)
         return self.table
 
 

@@ -3,9 +3,12 @@
 nginx keeps seven counters in shared memory, updated with atomic adds by every worker:
 accepted, handled, active, requests, reading, writing, waiting. Python has no atomic add on
 shared memory, so each worker owns one row of seven int64 cells in an anonymous shared mapping
-(made when the configuration loads, before the workers fork) and only ever writes its own row;
-a reader sums the rows. No lock is taken per connection, and the totals are what nginx shows.
-A respawned worker takes over its predecessor's row (same worker index), so the totals go on.
+(made when the configuration is first loaded, before the workers fork) and only ever writes
+its own row; a reader sums the rows. No lock is taken per connection, and the totals are what
+nginx shows. A respawned worker takes over its predecessor's row (same worker index), so the
+totals go on. As nginx's, the counters outlive reloads: the mapping is kept by the master, and
+each configuration's workers get rows of their own (the next ones, round the table), so that
+old workers finishing their connections never write a row a new worker writes.
 
 A connection is in at most one of reading/writing/waiting (`conn.stat`): waiting from accept
 and between keepalive requests, reading while a request head is incomplete, writing from a
@@ -36,20 +39,56 @@ _USED = "__stub_status_used__"
 _STATS = "__stub_status_stats__"
 
 
-class ConnStats:
-    """The counters of one http block, a row per worker; methods take the connection."""
+class _Rows:
+    """The shared mapping: `rows` rows of _CELLS int64 counters."""
 
-    __slots__ = ("_map", "cells", "rows", "base")
+    __slots__ = ("_map", "cells", "rows", "next_row")
 
     def __init__(self, rows: int) -> None:
-        self.rows = max(1, rows)
-        self._map = mmap.mmap(-1, self.rows * _CELLS * 8)
+        self.rows = rows
+        self._map = mmap.mmap(-1, rows * _CELLS * 8)
         self.cells = memoryview(self._map).cast("q")
+        self.next_row = 0  # where the next configuration's workers start
+
+
+# The master's mapping, kept across reloads (see the module docstring).
+_SHARED: list[_Rows] = []
+MIN_ROWS = 256
+
+
+def cycle_stats(workers: int) -> ConnStats:
+    """The counters for a configuration with `workers` workers."""
+    shared = _SHARED[0] if _SHARED else None
+    if shared is None or workers * 2 > shared.rows:
+        grown = _Rows(max(MIN_ROWS, workers * 4))
+        if shared is not None:  # keep the totals so far (in the first row)
+            sums = ConnStats(shared, 0, 1).totals()
+            for i, value in enumerate(sums):
+                grown.cells[i] = value
+            grown.next_row = 1
+        _SHARED[:] = [grown]
+        shared = grown
+    first = shared.next_row
+    shared.next_row = (first + workers) % shared.rows
+    return ConnStats(shared, first, workers)
+
+
+class ConnStats:
+    """The counters as one configuration's workers see them; methods take the connection."""
+
+    __slots__ = ("shared", "cells", "first", "workers", "base")
+
+    def __init__(self, shared: _Rows, first: int, workers: int) -> None:
+        self.shared = shared
+        self.cells = shared.cells
+        self.first = first
+        self.workers = max(1, workers)
         self.base = 0  # this process's row (every connection of a worker shares it)
 
     def opened(self, conn: Any, *, handled: bool) -> None:
         """A connection was accepted; `handled` unless worker_connections refused it."""
-        b = self.base = (conn.worker.index % self.rows) * _CELLS
+        row = (self.first + conn.worker.index % self.workers) % self.shared.rows
+        b = self.base = row * _CELLS
         c = self.cells
         c[b + ACCEPTED] += 1
         if not handled:
@@ -97,12 +136,7 @@ class ConnStats:
     def totals(self) -> tuple[int, ...]:
         """accepted, handled, active, requests, reading, writing, waiting (all workers)."""
         c = self.cells
-        sums = [0] * 7
-        for row in range(self.rows):
-            b = row * _CELLS
-            for i in range(7):
-                sums[i] += c[b + i]
-        return tuple(sums)
+        return tuple(sum(c[i::_CELLS]) for i in range(7))
 
 
 def status_text(stats: ConnStats | None) -> bytes:
@@ -173,7 +207,7 @@ class StubStatusModule:
             # Every main directive is read by now: the number of workers is known.
             root = http.parent
             workers = root.local("worker_processes", 1) if root is not None else 1
-            stats = http.slots[_STATS] = ConnStats(workers)
+            stats = http.slots[_STATS] = cycle_stats(workers)
         loc.stub_stats = stats
         # Not inherited: nginx sets the handler of the level the directive is written at.
         if ctx.local("stub_status"):

@@ -185,11 +185,36 @@ class Zone:
     key_text: str
     key: Callable[[Any], str]
     table: Table | None = None
+    tag: str = TAG
 
     def shared(self) -> Table:
         if self.table is None:
-            self.table = Table(self.size)
+            self.table = kept_table(self.tag, self.name, self.size, self.key_text, Table)
         return self.table
+
+
+# The zones' tables of the configuration loaded before, by (owner, name). nginx keeps a shared
+# zone across a reload when its name, size and owner stay (ngx_init_cycle), so counts and
+# buckets go on; its key must then stay too.
+_KEPT: dict[tuple[str, str], tuple[int, str, Any]] = {}
+# How each owner names its zones in that error (ngx_*_init_zone).
+_KEY_CHANGED = {TAG: "limit_conn_zone", "http_limit_conn": "limit_conn_zone"}
+
+
+def kept_table(tag: str, name: str, size: int, key_text: str, make: Callable[[int], Any]) -> Any:
+    """The zone's table: the previous configuration's if it is the same zone, else a new one."""
+    old = _KEPT.get((tag, name))
+    if old is not None and old[0] == size:
+        if old[1] != key_text:
+            label = _KEY_CHANGED.get(tag, "limit_req")
+            raise ConfigError(
+                f'{label} "{name}" uses the "{key_text}" key while previously it used the'
+                f' "{old[1]}" key'
+            )
+        return old[2]
+    table = make(size)
+    _KEPT[(tag, name)] = (size, key_text, table)
+    return table
 
 
 # $limit_conn_status (nginx's NGX_*_LIMIT_CONN_* values); 0: no key was counted.
@@ -341,7 +366,7 @@ def _limit_conn_zone(ctx: Context, node: Node, tag: str = TAG) -> None:
     zones: dict[str, Zone] = ctx.slots.setdefault(ZONES, {})
     if name in zones:
         raise node.error(f'{node.name} "{name}" is already bound to key "{zones[name].key_text}"')
-    zones[name] = Zone(name, size, node.args[0], key)
+    zones[name] = Zone(name, size, node.args[0], key, tag=tag)
 
 
 def _limit_conn(ctx: Context, node: Node, tag: str = TAG) -> None:

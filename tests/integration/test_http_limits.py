@@ -8,6 +8,7 @@ a tenth of a second each); timings are only checked with loose lower bounds.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import threading
 import time
@@ -335,3 +336,42 @@ def test_stub_status_methods_and_head(pyngx: ServerFactory, tmp_path: Path) -> N
     code, headers, body = get(port, "/status", method="HEAD")
     assert (code, body) == (200, b"")
     assert int(headers["content-length"]) > 80
+
+
+# -- reloads ----------------------------------------------------------------------------------
+
+
+def _reload(srv: ServerProcess) -> None:
+    mark = srv.log_mark()
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("gracefully shutting down", since=mark)
+
+
+def test_state_and_counters_outlive_a_reload(pyngx: ServerFactory, tmp_path: Path) -> None:
+    port, srv = _server(
+        pyngx,
+        tmp_path,
+        ZONE_1M,
+        "location / { limit_req zone=one burst=1 nodelay; }\n location = /status { stub_status; }",
+    )
+    assert [status(port) for _ in range(2)] == [200, 200]
+    _reload(srv)
+    # The same zone (name, size, key): the bucket is where it was.
+    assert status(port) == 503
+    # The status page goes on counting: the 3 requests before and the page's own.
+    wait_for(lambda: _stub(port)["accepts"] >= 4, what="counters kept")
+
+
+def test_reload_changing_a_zones_key_is_refused(pyngx: ServerFactory, tmp_path: Path) -> None:
+    port, srv = _server(pyngx, tmp_path, ZONE_1M, "limit_req zone=one burst=1 nodelay;")
+    assert status(port) == 200
+    srv.write_conf(srv.conf_path.read_text().replace("$binary_remote_addr", "$remote_addr"))
+    mark = srv.log_mark()
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log(
+        r'\[emerg\] \d+#0: limit_req "one" uses the "\$remote_addr" key while previously it'
+        r' used the "\$binary_remote_addr" key$',
+        since=mark,
+    )
+    # The running configuration goes on.
+    assert [status(port) for _ in range(2)] == [200, 503]

@@ -156,7 +156,7 @@ def _request(keys: dict[str, str], handler: HttpLimitReq) -> Any:
 
 def _zone(name: str, rate: int, size: int = 64 * 1024) -> ReqZone:
     zone = ReqZone(name, size, f"$k_{name}", lambda r, n=name: r.keys.get(n, ""), rate)
-    zone.shared()
+    zone.table = ReqTable(size)  # not shared(): that would keep the table across tests
     return zone
 
 
