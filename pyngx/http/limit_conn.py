@@ -97,12 +97,12 @@ class LimitConnModule:
 
     @staticmethod
     def register(reg: Registry) -> None:
+        reg.add("limit_conn_zone", [HTTP], functools.partial(shared.zone_directive, tag=TAG), TAKE2)
         reg.add(
-            "limit_conn_zone", [HTTP], functools.partial(shared._limit_conn_zone, tag=TAG), TAKE2
+            "limit_conn", MAIN_SRV_LOC, functools.partial(shared.limit_directive, tag=TAG), TAKE2
         )
-        reg.add("limit_conn", MAIN_SRV_LOC, functools.partial(shared._limit_conn, tag=TAG), TAKE2)
-        reg.add("limit_conn_log_level", MAIN_SRV_LOC, shared._log_level, TAKE1)
-        reg.add("limit_conn_dry_run", MAIN_SRV_LOC, shared._dry_run, TAKE1)
+        reg.add("limit_conn_log_level", MAIN_SRV_LOC, shared.log_level_directive, TAKE1)
+        reg.add("limit_conn_dry_run", MAIN_SRV_LOC, shared.dry_run_directive, TAKE1)
         reg.add(
             "limit_conn_status",
             MAIN_SRV_LOC,

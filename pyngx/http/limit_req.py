@@ -52,10 +52,10 @@ from pyngx.http.request import DONE
 from pyngx.stream.limit_conn import (
     LOG_LEVELS,
     ProbeTable,
-    _raw,
     add_shm,
     kept_table,
     parse_zone,
+    raw_key,
 )
 
 HTTP, SRV, LOC = "http", "http_server", "http_location"
@@ -231,7 +231,7 @@ class HttpLimitReq:
             text = zone.key(r)
             if not text:
                 continue
-            key = _raw(text)
+            key = raw_key(text)
             if len(key) > MAX_KEY:
                 r.log(
                     ERROR,

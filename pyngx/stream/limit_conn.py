@@ -253,7 +253,7 @@ class LimitConn:
             text = zone.key(s)
             if not text:
                 continue  # nginx does not count empty keys
-            key = _raw(text)
+            key = raw_key(text)
             if len(key) > MAX_KEY:
                 s.log(
                     ERROR,
@@ -304,7 +304,7 @@ def release_all(taken: list[tuple[Table, bytes]]) -> None:
         table.release(digest)
 
 
-def _raw(text: str) -> bytes:
+def raw_key(text: str) -> bytes:
     # Variables like $binary_remote_addr carry bytes as latin-1 characters; anything wider
     # is real text.
     try:
@@ -353,7 +353,7 @@ def parse_zone(param: str, node: Node) -> tuple[str, int]:
     return name, size
 
 
-def _limit_conn_zone(ctx: Context, node: Node, tag: str = TAG) -> None:
+def zone_directive(ctx: Context, node: Node, tag: str = TAG) -> None:
     key = compile_complex(node.args[0], ctx.slots["variables"])
     name, size = "", 0
     for param in node.args[1:]:
@@ -369,7 +369,7 @@ def _limit_conn_zone(ctx: Context, node: Node, tag: str = TAG) -> None:
     zones[name] = Zone(name, size, node.args[0], key, tag=tag)
 
 
-def _limit_conn(ctx: Context, node: Node, tag: str = TAG) -> None:
+def limit_directive(ctx: Context, node: Node, tag: str = TAG) -> None:
     name, number = node.args
     add_shm(ctx, node, name, 0, tag)
     limits: list[tuple[str, int]] = ctx.slots.setdefault("limit_conn", [])
@@ -384,22 +384,22 @@ def _limit_conn(ctx: Context, node: Node, tag: str = TAG) -> None:
     limits.append((name, n))
 
 
-def _log_level(ctx: Context, node: Node) -> None:
+def log_level_directive(ctx: Context, node: Node) -> None:
     arg = node.args[0]
     if arg not in LOG_LEVELS:
         raise node.error(f'invalid value "{arg}"')  # ngx_conf_set_enum_slot's words
     ctx.set_once("limit_conn_log_level", LOG_LEVELS[arg], node)
 
 
-def _dry_run(ctx: Context, node: Node) -> None:
+def dry_run_directive(ctx: Context, node: Node) -> None:
     ctx.set_once("limit_conn_dry_run", parse_flag(node.args[0], node.name), node)
 
 
 def register(reg: Registry) -> None:
-    reg.add("limit_conn_zone", [STREAM], _limit_conn_zone, TAKE2)
-    reg.add("limit_conn", [STREAM, SERVER], _limit_conn, TAKE2)
-    reg.add("limit_conn_log_level", [STREAM, SERVER], _log_level, TAKE1)
-    reg.add("limit_conn_dry_run", [STREAM, SERVER], _dry_run, TAKE1)
+    reg.add("limit_conn_zone", [STREAM], zone_directive, TAKE2)
+    reg.add("limit_conn", [STREAM, SERVER], limit_directive, TAKE2)
+    reg.add("limit_conn_log_level", [STREAM, SERVER], log_level_directive, TAKE1)
+    reg.add("limit_conn_dry_run", [STREAM, SERVER], dry_run_directive, TAKE1)
 
 
 def build(srv: Context, top: str = STREAM, **options: Any) -> LimitConn | None:
