@@ -69,6 +69,13 @@ def _parallel(port: int, n: int, path: str = "/", source: str = A) -> list[tuple
 
 # -- limit_req ------------------------------------------------------------------------------
 
+
+def _about(n: int) -> str:
+    """A regex for nginx's excess n.000 as logged, allowing for what 1r/m drains while a
+    loaded machine runs the test (one thousandth per 62.5 ms)."""
+    return rf"(?:{n}\.000|{n - 1}\.9\d\d)"
+
+
 ZONE_1M = "limit_req_zone $binary_remote_addr zone=one:1m rate=1r/m;"
 
 
@@ -85,7 +92,7 @@ def test_burst_nodelay_counts_per_client(pyngx: ServerFactory, tmp_path: Path) -
     assert [status(port, "/", source=B) for _ in range(5)] == [200] * 4 + [503]
     line = srv.wait_for_log("limiting requests")
     assert re.search(
-        r'\[error\] \d+#\d+: \*\d+ limiting requests, excess: 4\.000 by zone "one", '
+        rf'\[error\] \d+#\d+: \*\d+ limiting requests, excess: {_about(4)} by zone "one", '
         r'client: 127\.0\.0\.23, server: localhost, request: "GET / HTTP/1\.1"',
         line,
     ), line
@@ -100,7 +107,7 @@ def test_status_and_log_level(pyngx: ServerFactory, tmp_path: Path) -> None:
     )
     assert [status(port) for _ in range(3)] == [200, 429, 429]
     line = srv.wait_for_log("limiting requests")
-    assert "[notice]" in line and "excess: 1.000 by zone" in line
+    assert re.search(rf"\[notice\] .* limiting requests, excess: {_about(1)} by zone", line)
 
 
 def test_state_is_shared_by_all_workers(pyngx: ServerFactory, tmp_path: Path) -> None:
@@ -156,7 +163,8 @@ def test_dry_run(pyngx: ServerFactory, tmp_path: Path) -> None:
     )
     got = [get(port)[1]["x-limit"] for _ in range(3)]
     assert got == ["PASSED", "DELAYED_DRY_RUN", "REJECTED_DRY_RUN"]
-    assert "limiting requests, dry run, excess: 2.000" in srv.wait_for_log("dry run, excess: 2")
+    line = srv.wait_for_log("limiting requests, dry run")
+    assert re.search(rf"limiting requests, dry run, excess: {_about(2)} by zone", line)
 
 
 def test_several_zones_in_one_location(pyngx: ServerFactory, tmp_path: Path) -> None:
