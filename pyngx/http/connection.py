@@ -126,6 +126,8 @@ class HttpConnection(asyncio.Protocol):
         "on_drain",
         "by_addr",
         "timer_at",
+        "stats",
+        "stat",
     )
 
     def __init__(self, worker: Any, port: HttpPort, by_addr: dict[str, Any] | None = None) -> None:
@@ -149,6 +151,9 @@ class HttpConnection(asyncio.Protocol):
         self.pp: Any = None
         self.is_ssl = False
         self.head_started = 0.0
+        # stub_status counters (http/stub_status.py): this connection's state in them.
+        self.stats: Any = None
+        self.stat = -1
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -178,7 +183,11 @@ class HttpConnection(asyncio.Protocol):
             self.server_addr, self.server_port = lo.addr.host, lo.addr.port
         self.is_ssl = transport.get_extra_info("sslcontext") is not None
         worker.http_connections.add(self)
-        if worker.over_connection_limit():
+        over = worker.over_connection_limit()
+        stats = self.stats = getattr(self.default.conf, "stub_stats", None)
+        if stats is not None:
+            stats.opened(self, handled=not over)
+        if over:
             worker.worker_log(
                 ALERT, f"{worker.worker_connections} worker_connections are not enough"
             )
@@ -233,6 +242,8 @@ class HttpConnection(asyncio.Protocol):
         if req is not None and not req.done:
             self._client_gone(req)
         self._drop_timer()
+        if self.stats is not None:
+            self.stats.closed(self)
         self.worker.http_connections.discard(self)
         self.worker.http_connection_closed(self)
         waiters, self.drain_waiters = self.drain_waiters, None
@@ -295,6 +306,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             if head is None:
                 self.buf = data
+                if self.stats is not None:
+                    self.stats.reading(self)
                 return
             rest = data[head.size :]
             self.buf = b""
@@ -312,6 +325,8 @@ class HttpConnection(asyncio.Protocol):
             self.buf = b""
 
     def _bad_request(self, exc: HttpParseError, data: bytes) -> None:
+        if self.stats is not None:
+            self.stats.writing(self)
         req = Request(self, self.default)
         req.method = ""
         req.uri = ""
@@ -333,6 +348,8 @@ class HttpConnection(asyncio.Protocol):
     def _start_request(
         self, head: Any, rest: bytes, cached: Any = None, key: bytes | None = None
     ) -> None:
+        if self.stats is not None:
+            self.stats.writing(self)
         srv = self.default
         req = Request(self, srv)
         req.method = head.method
@@ -461,6 +478,7 @@ class HttpConnection(asyncio.Protocol):
         if extra is not None and "realip" in extra:
             self.remote_addr, self.remote_port = extra.pop("realip")
         # -- end h-tls
+        req.run_cleanups()
         if self.request is not req:
             return
         if abort or self.state == _CLOSED:
@@ -487,6 +505,8 @@ class HttpConnection(asyncio.Protocol):
         self._next_request()
 
     def _next_request(self) -> None:
+        if self.stats is not None:
+            self.stats.waiting(self)
         self.request = None
         self.body = None
         self.state = _IDLE
@@ -539,6 +559,7 @@ class HttpConnection(asyncio.Protocol):
             req.done = True
             for log in req.loc.access_logs:
                 log.write(req)
+            req.run_cleanups()
         if req.task is not None and not req.task.done():
             req.task.cancel()
         self.request = None
@@ -602,6 +623,7 @@ class HttpConnection(asyncio.Protocol):
                 req.done = True
                 for log in req.loc.access_logs:
                     log.write(req)
+                req.run_cleanups()
             self.abort_quietly()
 
     def abort_quietly(self) -> None:

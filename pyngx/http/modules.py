@@ -4,14 +4,37 @@
 from __future__ import annotations
 
 from pyngx.conf.registry import Registry
-from pyngx.http import autoindex_handler, cache, realip, rewrite, ssl
+from pyngx.http import (
+    access,
+    autoindex_handler,
+    cache,
+    limit_conn,
+    limit_req,
+    maps,
+    realip,
+    rewrite,
+    ssl,
+    stub_status,
+)
 from pyngx.http import module as core
 
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
     rewrite.register(reg)
-    modules: list[object] = [ssl, realip, autoindex_handler, cache]
+    modules: list[object] = [
+        ssl,
+        realip,
+        # Preaccess handlers run in this order (limit_req before limit_conn, as nginx's).
+        limit_req.MODULE,
+        limit_conn.MODULE,
+        access.MODULE,
+        stub_status.MODULE,
+        autoindex_handler,
+        cache,
+        # Last: its variables may not take the name of another module's built-in one.
+        maps.MODULE,
+    ]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules

@@ -158,6 +158,7 @@ class Request:
         "extra",
         "err_status",
         "limit_rate",
+        "cleanups",
     )
 
     def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
@@ -188,6 +189,9 @@ class Request:
         self.extra: dict[str, Any] | None = None
         self.err_status = 0
         self.limit_rate: int | None = None
+        # Run once when the request ends, after its log line (nginx's request pool cleanups:
+        # limit_conn gives its counts back there).
+        self.cleanups: list[Callable[[], None]] | None = None
 
     # -- logging --------------------------------------------------------------------------
 
@@ -267,15 +271,40 @@ class Request:
                         return
                     continue
             break
-        loc = self.loc
-        for handler in loc.access_phase:
-            st = handler(self)
+        self.access_phase()
+
+    def access_phase(self, start: int = 0) -> None:
+        """The preaccess and access handlers from index `start` on, then content."""
+        handlers = self.loc.access_phase
+        for i in range(start, len(handlers)):
+            st = handlers[i](self)
             if st is not None:
                 if st == DONE:
                     return
                 self.finalize(st)
                 return
         self.content_phase()
+
+    def resume_access(self, start: int) -> None:
+        """Go on after an access-phase handler that returned DONE to wait (limit_req's delay)
+        with the handler at `start`; a request that ended meanwhile is left alone."""
+        if self.done:
+            return
+        try:
+            self.access_phase(start)
+        except Exception as exc:  # a bug costs this request, never the worker
+            self._crashed(exc)
+
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        if self.cleanups is None:
+            self.cleanups = []
+        self.cleanups.append(fn)
+
+    def run_cleanups(self) -> None:
+        """The request is over (answered, aborted or timed out): run its cleanups once."""
+        fns, self.cleanups = self.cleanups, None
+        for fn in fns or ():
+            fn()
 
     def content_phase(self) -> None:
         """try_files, then the content handler (also resumed by delayed access handlers)."""

@@ -5,6 +5,9 @@ with $status 403 and `access forbidden by rule` at error level. The address chec
 after realip (`session.remote_addr`), as nginx checks `s->connection->sockaddr`, which the
 realip module replaces. nginx keeps one rule list per family (`all` lands in each); filtering
 one ordered list by family is the same thing.
+
+`Rules` is the check itself, shared with http's access module (pyngx/http/access.py): the
+networks are turned into (network, mask) integers once, so a check is a few integer operations.
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ def _rule(ctx: Context, node: Node) -> None:
     elif arg == "unix:":
         rule = Rule(UNIX, None, deny)
     else:
-        rule = Rule("ip", _cidr(ctx, node, arg), deny)
+        rule = Rule("ip", parse_cidr(ctx, node, arg), deny)
     ctx.append("access_rules", rule, node)
 
 
-def _cidr(ctx: Context, node: Node, arg: str) -> Network:
+def parse_cidr(ctx: Context, node: Node, arg: str) -> Network:
     """ngx_ptocidr: an address or address/bits; host bits set are only warned about."""
     addr, slash, bits = arg.partition("/")
     try:
@@ -61,41 +64,82 @@ def _cidr(ctx: Context, node: Node, arg: str) -> Network:
     return net
 
 
-@dataclass(frozen=True, slots=True)
+def _ip_int(text: str) -> tuple[int, int] | None:
+    """(4 or 6, address as an integer) of a client address text; None if it is none."""
+    try:
+        if ":" in text:
+            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        try:
+            ip = ipaddress.ip_address(text)  # a scoped IPv6 address ("fe80::1%eth0")
+        except ValueError:
+            return None
+        return ip.version, int(ip)
+
+
+class Rules:
+    """An ordered allow/deny list, as ngx_{http,stream}_access_module keeps it: one list per
+    family (IPv4, IPv6, unix), `all` in each. `check` gives True (denied), False (allowed by a
+    rule) or None (no rule for this client: nginx's NGX_DECLINED)."""
+
+    __slots__ = ("v4", "v6", "unix")
+
+    def __init__(self, rules: tuple[Rule, ...] | list[Rule]) -> None:
+        v4: list[tuple[int, int, bool]] = []
+        v6: list[tuple[int, int, bool]] = []
+        unix: list[bool] = []
+        for rule in rules:
+            if rule.kind == ALL:
+                v4.append((0, 0, rule.deny))
+                v6.append((0, 0, rule.deny))
+                unix.append(rule.deny)
+            elif rule.kind == UNIX:
+                unix.append(rule.deny)
+            else:
+                net = rule.net
+                assert net is not None
+                entry = (int(net.network_address), int(net.netmask), rule.deny)
+                (v4 if net.version == 4 else v6).append(entry)
+        self.v4 = tuple(v4)
+        self.v6 = tuple(v6)
+        self.unix = tuple(unix)
+
+    def check(self, addr: str, is_unix: bool) -> bool | None:
+        if is_unix:
+            return self.unix[0] if self.unix else None  # every unix rule matches every client
+        parsed = _ip_int(addr)
+        if parsed is None:
+            return None
+        version, ip = parsed
+        if version == 6:
+            # A v4-mapped client is checked against the IPv4 rules when there are any.
+            if self.v4 and ip >> 32 == 0xFFFF:
+                rules = self.v4
+                ip &= 0xFFFFFFFF
+            else:
+                rules = self.v6
+        else:
+            rules = self.v4
+        for net, mask, deny in rules:
+            if ip & mask == net:
+                return deny
+        return None
+
+
 class Access:
     """The access-phase handler of one server."""
 
-    rules: tuple[Rule, ...]
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = Rules(rules)
 
     def __call__(self, session: Any) -> int | None:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-        try:
-            ip = ipaddress.ip_address(session.remote_addr)
-        except ValueError:
-            ip = None
-        if ip is None:
-            if session.family != socket.AF_UNIX:
-                return None
-            kinds = (ALL, UNIX)
-        else:
-            kinds = (ALL, "ip")
-            mapped = getattr(ip, "ipv4_mapped", None)
-            # A v4-mapped client is checked against the IPv4 rules when there are any.
-            if mapped is not None and any(
-                r.kind == ALL or (r.net is not None and r.net.version == 4) for r in self.rules
-            ):
-                ip = mapped
-        for rule in self.rules:
-            if rule.kind not in kinds:
-                continue
-            net = rule.net
-            if net is not None and (net.version != ip.version or ip not in net):  # type: ignore[union-attr]
-                continue
-            if rule.deny:
-                # nginx's log action during the access phases reads "while initializing session".
-                session.log(ERROR, "access forbidden by rule while initializing session")
-                return STATUS_FORBIDDEN
-            return None
+        if self.rules.check(session.remote_addr, session.family == socket.AF_UNIX):
+            # nginx's log action during the access phases reads "while initializing session".
+            session.log(ERROR, "access forbidden by rule while initializing session")
+            return STATUS_FORBIDDEN
         return None
 
 

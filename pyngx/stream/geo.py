@@ -5,6 +5,12 @@ The address is the client's ($remote_addr) or the value of a given variable. Net
 own range insertion (a range inside another splits it, a partial overlap is an error).
 Both are flattened when the configuration loads into sorted interval starts with one value
 each, so a lookup is one `bisect` per connection instead of a scan of the networks.
+
+The same parser and lookup serve http's `geo` (pyngx/http/maps.py), which adds `proxy` and
+`proxy_recursive`: when the client is a trusted proxy, the address is taken from
+X-Forwarded-For (nginx's ngx_http_get_forwarded_addr). The caller says how to get the client
+address and the header values (`client`, `forwarded`), so nothing here knows a session or a
+request.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from bisect import bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from pyngx.conf.parser import Node
@@ -24,7 +31,18 @@ _V4_MAX, _V6_MAX = (1 << 32) - 1, (1 << 128) - 1
 class GeoConf:
     """A `geo` block's lines, parsed as nginx parses them (errors at the offending line)."""
 
-    __slots__ = ("source", "name", "ranges", "cidr_lines", "nets4", "nets6", "low", "default")
+    __slots__ = (
+        "source",
+        "name",
+        "ranges",
+        "cidr_lines",
+        "nets4",
+        "nets6",
+        "low",
+        "default",
+        "proxies",
+        "proxy_recursive",
+    )
 
     def __init__(self, source: str | None, name: str) -> None:
         self.source = source
@@ -37,6 +55,9 @@ class GeoConf:
         # ranges mode: nginx's per-/16 lists of [start, end, value] (low 16 bits), kept sorted.
         self.low: dict[int, list[list[Any]]] = {}
         self.default = ""
+        # http only: trusted proxies (version, network, mask) and `proxy_recursive`.
+        self.proxies: list[tuple[int, int, int]] = []
+        self.proxy_recursive = False
 
 
 def _cidr(net: str, line: Node) -> tuple[int, int, int]:
@@ -117,7 +138,8 @@ def _delete_range(conf: GeoConf, start: int, end: int) -> None:
         n = (n + 0x10000) & 0xFFFF0000
 
 
-def parse_geo_block(node: Node) -> GeoConf:
+def parse_geo_block(node: Node, *, http: bool = False) -> GeoConf:
+    """A `geo` block; `http` allows http's `proxy` and `proxy_recursive` lines."""
     args = node.args
     for name in args:
         if not name.startswith("$"):
@@ -134,11 +156,20 @@ def parse_geo_block(node: Node) -> GeoConf:
                 )
             conf.ranges = True
             continue
-        if len(words) == 1 and words[0] == "volatile":
+        if len(words) == 1 and words[0] == "proxy_recursive" and http:
+            conf.proxy_recursive = True
+            continue
+        if len(words) == 1 and words[0] == "volatile" and not http:
             continue
         if len(words) != 2:
             raise line.error("invalid number of the geo parameters")
         key, value = words
+        if key == "proxy" and http:
+            family, addr, prefix = _cidr(value, line)
+            bits = 32 if family == 4 else 128
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+            conf.proxies.append((family, addr, mask))
+            continue
         if conf.ranges:
             _range_line(conf, key, value, line)
         else:
@@ -214,11 +245,38 @@ def _flatten(nets: dict[tuple[int, int], str], bits: int) -> tuple[list[int], li
     return starts, values
 
 
-class CompiledGeo:
-    __slots__ = ("source", "ranges", "v4", "v6", "default")
+def _stream_client(session: Any) -> str | None:
+    return None if session.family == socket.AF_UNIX else session.remote_addr
 
-    def __init__(self, conf: GeoConf, table: VariableTable) -> None:
+
+class CompiledGeo:
+    __slots__ = (
+        "source",
+        "ranges",
+        "v4",
+        "v6",
+        "default",
+        "client",
+        "forwarded",
+        "proxies",
+        "recursive",
+    )
+
+    def __init__(
+        self,
+        conf: GeoConf,
+        table: VariableTable,
+        *,
+        client: Callable[[Any], str | None] = _stream_client,
+        forwarded: Callable[[Any], list[str]] | None = None,
+    ) -> None:
+        """`client`: the client's address text (None: not an IP address); `forwarded`: the
+        X-Forwarded-For values of a request, in order (http, used with `proxy` lines)."""
         self.source: Getter | None = table.lookup(conf.source) if conf.source else None
+        self.client = client
+        self.forwarded = forwarded if conf.proxies else None
+        self.proxies = tuple(conf.proxies)
+        self.recursive = conf.proxy_recursive
         self.ranges = conf.ranges
         self.default = conf.default
         if conf.ranges:
@@ -242,24 +300,20 @@ class CompiledGeo:
 
     def _address(self, session: Any) -> tuple[int, int]:
         """(4 or 6, address as an integer); unusable addresses become INADDR_NONE."""
-        if self.source is None:
-            if session.family == socket.AF_UNIX:
-                return 4, _V4_NONE
-            text = session.remote_addr
-        else:
-            text = self.source(session)
-            if text is None:
-                return 4, _V4_NONE
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
+        text = self.client(session) if self.source is None else self.source(session)
+        if text is None:
             return 4, _V4_NONE
-        if ip.version == 6:
-            mapped = ip.ipv4_mapped  # type: ignore[union-attr]
-            if mapped is not None:
-                return 4, int(mapped)
-            return 6, int(ip)
-        return 4, int(ip)
+        parsed = _parse_ip(text)
+        if parsed is None:
+            return 4, _V4_NONE
+        if self.forwarded is not None:
+            values = self.forwarded(session)
+            if values:
+                parsed = forwarded_addr(parsed, values, self.proxies, self.recursive)
+        version, addr = parsed
+        if version == 6 and addr >> 32 == 0xFFFF:
+            return 4, addr & 0xFFFFFFFF  # v4-mapped: looked up among the IPv4 networks
+        return version, addr
 
     def evaluate(self, session: Any) -> str:
         version, addr = self._address(session)
@@ -272,6 +326,62 @@ class CompiledGeo:
             return self.default if value is None else value
         starts, values = self.v4 if version == 4 else self.v6
         return values[bisect_right(starts, addr) - 1]
+
+
+def _parse_ip(text: str) -> tuple[int, int] | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.version, int(ip)
+
+
+def _parse_addr_port(text: str) -> tuple[int, int] | None:
+    """ngx_parse_addr_port: an address, optionally with a port ("[v6]:port" for IPv6)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return _parse_ip(host) if ":" in host else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+        text = host
+    return _parse_ip(text)
+
+
+def _trusted(addr: tuple[int, int], proxies: tuple[tuple[int, int, int], ...]) -> bool:
+    """ngx_cidr_match (a v4-mapped address matches the IPv4 networks)."""
+    version, ip = addr
+    if version == 6 and ip >> 32 == 0xFFFF:
+        version, ip = 4, ip & 0xFFFFFFFF
+    return any(v == version and ip & mask == net for v, net, mask in proxies)
+
+
+def forwarded_addr(
+    addr: tuple[int, int],
+    values: list[str],
+    proxies: tuple[tuple[int, int, int], ...],
+    recursive: bool,
+) -> tuple[int, int]:
+    """ngx_http_get_forwarded_addr: when `addr` is a trusted proxy, the client address is the
+    last one of X-Forwarded-For (`values`, all such headers in order); `recursive` walks on
+    leftwards while the address found is itself trusted. A value that is no address stops
+    the walk with what was found so far."""
+    # nginx walks the headers from the last one; one joined list walks the same way.
+    items = [p.strip() for p in ",".join(values).replace(" ", ",").split(",")]
+    items = [p for p in items if p]
+    while items:
+        if not _trusted(addr, proxies):
+            break
+        found = _parse_addr_port(items.pop())
+        if found is None:
+            break
+        addr = found
+        if not recursive:
+            break
+    return addr
 
 
 class GeoHolder:

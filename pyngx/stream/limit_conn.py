@@ -18,6 +18,10 @@ refuses one when ngx_slab_alloc fails, and the same `[crit]` line is logged.
 
 Sessions remember which (zone, digest) pairs they counted, keyed by the session object, and
 `release` (hooked to the end of a session) gives them back.
+
+The http module counts requests with the same zones and handler (`LimitConn.acquire`), and
+http's limit_req keeps its leaky buckets in a `ProbeTable` too (pyngx/http/limit_req.py):
+the probing and deletion below serve any fixed-size slot that starts with the key's digest.
 """
 
 from __future__ import annotations
@@ -61,64 +65,54 @@ _SLOT = struct.Struct("<16sI4x")
 MAX_LOAD = 0.75
 
 
-class Table:
-    """The shared hash table of one zone; every method but `acquire`/`release` is internal.
+class ProbeTable:
+    """A fixed-size open-addressing hash table in an anonymous shared mapping.
 
-    Callers need not lock: both public methods take the zone's lock themselves.
+    Slots are `SLOT` structs whose first field is the 16-byte digest of a key; `_live` says
+    whether an unpacked slot holds an entry. Linear probing; deletion shifts later entries of
+    the probe run back, so no tombstones are needed. Subclasses lock around their public
+    methods with `self.lock` (one multiprocessing.Lock per table, as nginx's zone mutex).
     """
+
+    SLOT: struct.Struct = _SLOT
 
     def __init__(self, size: int) -> None:
         self._map = mmap.mmap(-1, size)
-        self.nslots = max(1, (size - _HEADER.size) // _SLOT.size)
+        self.nslots = max(1, (size - _HEADER.size) // self.SLOT.size)
         self.capacity = max(1, int(self.nslots * MAX_LOAD))
         self.lock = multiprocessing.Lock()
+        self._empty = bytes(self.SLOT.size)  # every field zero: what `_live` calls empty
+
+    @staticmethod
+    def _live(fields: tuple[Any, ...]) -> bool:
+        raise NotImplementedError
 
     def _home(self, digest: bytes) -> int:
         return int.from_bytes(digest[:8], "little") % self.nslots
 
-    def _slot(self, i: int) -> tuple[bytes, int]:
-        return _SLOT.unpack_from(self._map, _HEADER.size + i * _SLOT.size)  # type: ignore[return-value]
+    def _slot(self, i: int) -> tuple[Any, ...]:
+        return self.SLOT.unpack_from(self._map, _HEADER.size + i * self.SLOT.size)
 
-    def _put(self, i: int, digest: bytes, conns: int) -> None:
-        _SLOT.pack_into(self._map, _HEADER.size + i * _SLOT.size, digest, conns)
+    def _put(self, i: int, *fields: Any) -> None:
+        self.SLOT.pack_into(self._map, _HEADER.size + i * self.SLOT.size, *fields)
 
     def _used(self) -> int:
         return int(_HEADER.unpack_from(self._map, 0)[0])
 
-    def _find(self, digest: bytes) -> tuple[int, int]:
-        """(slot index, conns): the key's slot, or the empty slot where it would go."""
+    def _set_used(self, n: int) -> None:
+        _HEADER.pack_into(self._map, 0, n)
+
+    def _find(self, digest: bytes) -> tuple[int, tuple[Any, ...] | None]:
+        """(slot index, fields): the key's slot, or the empty slot where it would go (None)."""
         i = self._home(digest)
+        live = self._live
         while True:
-            d, conns = self._slot(i)
-            if conns == 0 or d == digest:
-                return i, conns
+            fields = self._slot(i)
+            if not live(fields):
+                return i, None
+            if fields[0] == digest:
+                return i, fields
             i = (i + 1) % self.nslots
-
-    def acquire(self, digest: bytes, limit: int) -> int | None:
-        """Count one more connection for the key: its new count, 0 when it is already at
-        `limit`, None when the table has no room for a new key."""
-        with self.lock:
-            i, conns = self._find(digest)
-            if conns >= limit:
-                return 0
-            if conns == 0:
-                used = self._used()
-                if used >= self.capacity:
-                    return None
-                _HEADER.pack_into(self._map, 0, used + 1)
-            self._put(i, digest, conns + 1)
-            return conns + 1
-
-    def release(self, digest: bytes) -> None:
-        with self.lock:
-            i, conns = self._find(digest)
-            if conns == 0:
-                return  # not counted (cannot happen unless the table was reset)
-            if conns > 1:
-                self._put(i, digest, conns - 1)
-                return
-            self._delete(i)
-            _HEADER.pack_into(self._map, 0, self._used() - 1)
 
     def _delete(self, i: int) -> None:
         """Empty slot i and shift later entries of its probe run back (linear probing)."""
@@ -126,19 +120,60 @@ class Table:
         j = i
         while True:
             j = (j + 1) % n
-            d, conns = self._slot(j)
-            if conns == 0:
+            fields = self._slot(j)
+            if not self._live(fields):
                 break
-            k = self._home(d)
+            k = self._home(fields[0])
             # Move entry j into the hole unless its home lies cyclically in (i, j].
             if (i < j and (k <= i or k > j)) or (i > j and k <= i and k > j):
-                self._put(i, d, conns)
+                self._put(i, *fields)
                 i = j
-        self._put(i, b"\0" * 16, 0)
+        off = _HEADER.size + i * self.SLOT.size
+        self._map[off : off + self.SLOT.size] = self._empty
+        self._set_used(self._used() - 1)
+
+
+class Table(ProbeTable):
+    """The shared table of one limit_conn zone: connections (or requests) per key.
+
+    Callers need not lock: `acquire`, `release` and `count` take the zone's lock themselves.
+    A slot with conns 0 is empty: an entry goes as soon as its last count is given back.
+    """
+
+    @staticmethod
+    def _live(fields: tuple[Any, ...]) -> bool:
+        return bool(fields[1])
+
+    def acquire(self, digest: bytes, limit: int) -> int | None:
+        """Count one more connection for the key: its new count, 0 when it is already at
+        `limit`, None when the table has no room for a new key."""
+        with self.lock:
+            i, fields = self._find(digest)
+            conns = fields[1] if fields is not None else 0
+            if conns >= limit:
+                return 0
+            if conns == 0:
+                used = self._used()
+                if used >= self.capacity:
+                    return None
+                self._set_used(used + 1)
+            self._put(i, digest, conns + 1)
+            return conns + 1
+
+    def release(self, digest: bytes) -> None:
+        with self.lock:
+            i, fields = self._find(digest)
+            if fields is None:
+                return  # not counted (cannot happen unless the table was reset)
+            if fields[1] > 1:
+                self._put(i, digest, fields[1] - 1)
+                return
+            self._delete(i)
 
     def count(self, digest: bytes) -> int:
         with self.lock:
-            return self._find(digest)[1]
+            fields = self._find(digest)[1]
+            return fields[1] if fields is not None else 0
 
 
 @dataclass(slots=True)
@@ -150,37 +185,83 @@ class Zone:
     key_text: str
     key: Callable[[Any], str]
     table: Table | None = None
+    tag: str = TAG
 
     def shared(self) -> Table:
         if self.table is None:
-            self.table = Table(self.size)
+            self.table = kept_table(self.tag, self.name, self.size, self.key_text, Table)
         return self.table
+
+
+# The zones' tables of the configuration loaded before, by (owner, name). nginx keeps a shared
+# zone across a reload when its name, size and owner stay (ngx_init_cycle), so counts and
+# buckets go on; its key must then stay too.
+_KEPT: dict[tuple[str, str], tuple[int, str, Any]] = {}
+# How each owner names its zones in that error (ngx_*_init_zone).
+_KEY_CHANGED = {TAG: "limit_conn_zone", "http_limit_conn": "limit_conn_zone"}
+
+
+def kept_table(tag: str, name: str, size: int, key_text: str, make: Callable[[int], Any]) -> Any:
+    """The zone's table: the previous configuration's if it is the same zone, else a new one."""
+    old = _KEPT.get((tag, name))
+    if old is not None and old[0] == size:
+        if old[1] != key_text:
+            label = _KEY_CHANGED.get(tag, "limit_req")
+            raise ConfigError(
+                f'{label} "{name}" uses the "{key_text}" key while previously it used the'
+                f' "{old[1]}" key'
+            )
+        return old[2]
+    table = make(size)
+    _KEPT[(tag, name)] = (size, key_text, table)
+    return table
+
+
+# $limit_conn_status (nginx's NGX_*_LIMIT_CONN_* values); 0: no key was counted.
+PASSED, REJECTED, REJECTED_DRY_RUN = 1, 2, 3
+STATUS_NAMES = ("", "PASSED", "REJECTED", "REJECTED_DRY_RUN")
+
+
+def _session_worker(session: Any) -> Any:
+    return session.worker
 
 
 @dataclass(slots=True)
 class LimitConn:
-    """The preaccess handler of one server: its limits, log level and dry-run flag."""
+    """The limits of one server (stream) or location (http), their log level and dry-run flag.
+
+    `acquire` is nginx's handler for both: stream calls it per session (`__call__`, which
+    keeps what was counted until `release`), http per request (pyngx/http/limit_conn.py).
+    """
 
     limits: tuple[tuple[Zone, int], ...]
     log_level: int
     dry_run: bool
     # Sessions that hold counts: session -> [(table, digest), ...], given back by `release`.
     held: dict[Any, list[tuple[Table, bytes]]] = field(default_factory=dict)
+    # Appended to the log lines: nginx's log action (stream), nothing for http requests.
+    suffix: str = f" {WHILE}"
+    # The worker a session or request runs in (its cycle's log takes the slab [crit] line).
+    worker: Callable[[Any], Any] = _session_worker
 
-    def __call__(self, session: Any) -> int | None:
+    def acquire(self, s: Any) -> tuple[int, list[tuple[Table, bytes]]]:
+        """Count `s` under each limit, in order: ($limit_conn_status value, counts taken).
+        A rejection gives back what was taken before it (ngx_*_limit_conn_cleanup_all)."""
         taken: list[tuple[Table, bytes]] = []
+        status = 0
         for zone, limit in self.limits:
-            text = zone.key(session)
+            text = zone.key(s)
             if not text:
                 continue  # nginx does not count empty keys
-            key = _raw(text)
+            key = raw_key(text)
             if len(key) > MAX_KEY:
-                session.log(
+                s.log(
                     ERROR,
                     f'the value of the "{zone.key_text}" key is more than 255 bytes: "{text}"'
-                    f" {WHILE}",
+                    f"{self.suffix}",
                 )
                 continue
+            status = PASSED
             digest = hashlib.blake2b(key, digest_size=16).digest()
             table = zone.shared()
             got = table.acquire(digest, limit)
@@ -189,17 +270,24 @@ class LimitConn:
                 continue
             if got is None:
                 # nginx's slab allocator logs this to the cycle's log, without a client.
-                session.worker.cycle.error_log.log(
+                self.worker(s).cycle.error_log.log(
                     CRIT, f'ngx_slab_alloc() failed: no memory in limit_conn_zone "{zone.name}"'
                 )
             else:
                 dry = ", dry run," if self.dry_run else ""
-                session.log(
-                    self.log_level, f'limiting connections{dry} by zone "{zone.name}" {WHILE}'
+                s.log(
+                    self.log_level,
+                    f'limiting connections{dry} by zone "{zone.name}"{self.suffix}',
                 )
-            for t, d in taken:  # ngx_stream_limit_conn_cleanup_all
+            for t, d in taken:
                 t.release(d)
-            return None if self.dry_run else STATUS_SERVICE_UNAVAILABLE
+            return (REJECTED_DRY_RUN if self.dry_run else REJECTED), []
+        return status, taken
+
+    def __call__(self, session: Any) -> int | None:
+        status, taken = self.acquire(session)
+        if status == REJECTED:
+            return STATUS_SERVICE_UNAVAILABLE
         if taken:
             self.held[session] = taken
         return None
@@ -208,11 +296,15 @@ class LimitConn:
         """At the end of a session: give back what it counted."""
         taken = self.held.pop(session, None)
         if taken:
-            for table, digest in taken:
-                table.release(digest)
+            release_all(taken)
 
 
-def _raw(text: str) -> bytes:
+def release_all(taken: list[tuple[Table, bytes]]) -> None:
+    for table, digest in taken:
+        table.release(digest)
+
+
+def raw_key(text: str) -> bytes:
     # Variables like $binary_remote_addr carry bytes as latin-1 characters; anything wider
     # is real text.
     try:
@@ -230,14 +322,15 @@ def _root(ctx: Context) -> Context:
     return ctx
 
 
-def _add_shm(ctx: Context, node: Node, name: str, size: int) -> None:
-    """ngx_shared_memory_add: one name, one owner, one size."""
+def add_shm(ctx: Context, node: Node, name: str, size: int, tag: str = TAG) -> None:
+    """ngx_shared_memory_add: one name, one owner (`tag`: the module), one size. Names are
+    global to the configuration: a stream and an http zone may not share one."""
     root = _root(ctx)
     zones: dict[str, int] = root.slots.setdefault(SHM_ZONES, {})
     tags: dict[str, str] = root.slots.setdefault(SHM_TAGS, {})
-    if name in zones and tags.get(name) != TAG:
+    if name in zones and tags.get(name) != tag:
         raise node.error(f'the shared memory zone "{name}" is already declared for a different use')
-    tags[name] = TAG
+    tags[name] = tag
     known = zones.setdefault(name, size)
     if not known:
         zones[name] = size
@@ -248,31 +341,37 @@ def _add_shm(ctx: Context, node: Node, name: str, size: int) -> None:
         )
 
 
-def _limit_conn_zone(ctx: Context, node: Node) -> None:
+def parse_zone(param: str, node: Node) -> tuple[str, int]:
+    """`zone=name:size` (ngx_parse_size, at least 8 pages) -> (name, size)."""
+    name, colon, text = param[5:].partition(":")
+    m = _ZONE_SIZE.fullmatch(text) if colon else None
+    if m is None:
+        raise node.error(f'invalid zone size "{param}"')
+    size = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if size < 8 * resource.getpagesize():
+        raise node.error(f'zone "{param}" is too small')
+    return name, size
+
+
+def zone_directive(ctx: Context, node: Node, tag: str = TAG) -> None:
     key = compile_complex(node.args[0], ctx.slots["variables"])
     name, size = "", 0
     for param in node.args[1:]:
         if not param.startswith("zone="):
             raise node.error(f'invalid parameter "{param}"')
-        name, colon, text = param[5:].partition(":")
-        m = _ZONE_SIZE.fullmatch(text) if colon else None
-        if m is None:
-            raise node.error(f'invalid zone size "{param}"')
-        size = int(m.group(1)) * _UNITS[m.group(2).lower()]
-        if size < 8 * resource.getpagesize():
-            raise node.error(f'zone "{param}" is too small')
+        name, size = parse_zone(param, node)
     if not name:
         raise node.error(f'"{node.name}" must have "zone" parameter')
-    _add_shm(ctx, node, name, size)
+    add_shm(ctx, node, name, size, tag)
     zones: dict[str, Zone] = ctx.slots.setdefault(ZONES, {})
     if name in zones:
         raise node.error(f'{node.name} "{name}" is already bound to key "{zones[name].key_text}"')
-    zones[name] = Zone(name, size, node.args[0], key)
+    zones[name] = Zone(name, size, node.args[0], key, tag=tag)
 
 
-def _limit_conn(ctx: Context, node: Node) -> None:
+def limit_directive(ctx: Context, node: Node, tag: str = TAG) -> None:
     name, number = node.args
-    _add_shm(ctx, node, name, 0)
+    add_shm(ctx, node, name, 0, tag)
     limits: list[tuple[str, int]] = ctx.slots.setdefault("limit_conn", [])
     ctx.locations.setdefault("limit_conn", node)
     if any(n == name for n, _ in limits):
@@ -285,30 +384,31 @@ def _limit_conn(ctx: Context, node: Node) -> None:
     limits.append((name, n))
 
 
-def _log_level(ctx: Context, node: Node) -> None:
+def log_level_directive(ctx: Context, node: Node) -> None:
     arg = node.args[0]
     if arg not in LOG_LEVELS:
         raise node.error(f'invalid value "{arg}"')  # ngx_conf_set_enum_slot's words
     ctx.set_once("limit_conn_log_level", LOG_LEVELS[arg], node)
 
 
-def _dry_run(ctx: Context, node: Node) -> None:
+def dry_run_directive(ctx: Context, node: Node) -> None:
     ctx.set_once("limit_conn_dry_run", parse_flag(node.args[0], node.name), node)
 
 
 def register(reg: Registry) -> None:
-    reg.add("limit_conn_zone", [STREAM], _limit_conn_zone, TAKE2)
-    reg.add("limit_conn", [STREAM, SERVER], _limit_conn, TAKE2)
-    reg.add("limit_conn_log_level", [STREAM, SERVER], _log_level, TAKE1)
-    reg.add("limit_conn_dry_run", [STREAM, SERVER], _dry_run, TAKE1)
+    reg.add("limit_conn_zone", [STREAM], zone_directive, TAKE2)
+    reg.add("limit_conn", [STREAM, SERVER], limit_directive, TAKE2)
+    reg.add("limit_conn_log_level", [STREAM, SERVER], log_level_directive, TAKE1)
+    reg.add("limit_conn_dry_run", [STREAM, SERVER], dry_run_directive, TAKE1)
 
 
-def build(srv: Context) -> LimitConn | None:
-    """The server's handler (None without limits); makes the zones' shared tables."""
+def build(srv: Context, top: str = STREAM, **options: Any) -> LimitConn | None:
+    """The handler of a server (or an http location: `top` "http", `options` for LimitConn),
+    None without limits; makes the zones' shared tables."""
     limits = srv.get("limit_conn", [])  # a level with its own limits replaces the parent's
     if not limits:
         return None
-    zones: dict[str, Zone] = srv.up(STREAM).slots.get(ZONES, {})
+    zones: dict[str, Zone] = srv.up(top).slots.get(ZONES, {})
     compiled = []
     for name, n in limits:
         zone = zones.get(name)
@@ -320,4 +420,5 @@ def build(srv: Context) -> LimitConn | None:
         tuple(compiled),
         srv.get("limit_conn_log_level", ERROR),
         srv.get("limit_conn_dry_run", False),
+        **options,
     )

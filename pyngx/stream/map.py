@@ -76,10 +76,11 @@ class MapHolder:
 
 
 class CompiledMap:
-    __slots__ = ("source", "exact", "head_masks", "tail_masks", "regexes", "default")
+    __slots__ = ("source", "exact", "head_masks", "tail_masks", "regexes", "default", "hostnames")
 
     def __init__(self, conf: MapConf, table: VariableTable) -> None:
         self.source = compile_complex(conf.source, table)
+        self.hostnames = conf.hostnames
         self.exact: dict[str, Value] = {}
         self.head_masks: list[tuple[str, Value]] = []  # "*.example.com" -> ".example.com"
         self.tail_masks: list[tuple[str, Value]] = []  # "mail.*" -> "mail."
@@ -122,17 +123,19 @@ class CompiledMap:
 
     def evaluate(self, session: Any) -> str:
         source = self.source(session)
+        if self.hostnames and source.endswith("."):
+            # nginx drops one trailing dot of a host name before any matching (regexes too).
+            source = source[:-1]
         low = source.lower()
         fn = self.exact.get(low)
         if fn is not None:
             return fn(session, None)
         if self.head_masks or self.tail_masks:
-            host = low.rstrip(".")
             for suffix, fn in self.head_masks:
-                if host.endswith(suffix):
+                if low.endswith(suffix):
                     return fn(session, None)
             for prefix, fn in self.tail_masks:
-                if host.startswith(prefix):
+                if low.startswith(prefix):
                     return fn(session, None)
         for rx, fn in self.regexes:
             m = rx.search(source)
