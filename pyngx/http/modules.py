@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pyngx.conf.registry import Registry
+from pyngx.http import h2_module
 from pyngx.http import module as core
 
 
 def register_http(reg: Registry) -> None:
     core.register(reg)
-    modules: list[object] = []
+    modules: list[object] = [h2_module]
     for m in modules:
         m.register(reg)  # type: ignore[attr-defined]
     core.MODULES[:] = modules

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pyngx.http.module import LocationConf, ServerConf
 
 URI_CHANGES = 11  # nginx's NGX_HTTP_MAX_URI_CHANGES + 1
-SERVER_ON = f"Server: nginx/{NGINX_COMPAT_VERSION}\r\n"
-SERVER_OFF = "Server: nginx\r\n"
+SERVER_ON = ("Server", f"nginx/{NGINX_COMPAT_VERSION}")
+SERVER_OFF = ("Server", "nginx")
 # Statuses after which nginx does not keep the connection (ngx_http_special_response_handler).
 _CLOSE_AFTER = frozenset((400, 413, 414, 494, 495, 496, 497, 500, 501))
 _NO_BODY = frozenset((204, 304))
@@ -159,7 +159,8 @@ class Request:
     def log_context(self) -> str:
         c = self.conn
         text = f", client: {c.remote_addr}, server: {self.srv.names[0]}"
-        text += f', request: "{self.request_line}"'
+        if self.request_line:  # none yet: an HTTP/2 head refused field by field
+            text += f', request: "{self.request_line}"'
         up = self.upstream
         if up is not None and getattr(up, "current", None):
             text += f', upstream: "{up.current}"'
@@ -387,14 +388,11 @@ class Request:
             body = b""
         else:
             out.content_length = len(body)
-        head = self.build_head()
         if self.method == "HEAD" or status in _NO_BODY:
-            data = head
+            body = b""
         else:
-            data = head + body
             self.body_sent = len(body)
-        self.bytes_sent = len(data)
-        self.conn.write(data)
+        self.bytes_sent = self._write_head(body, last=True)
         self.finish()
 
     def send_head(self) -> None:
@@ -403,7 +401,7 @@ class Request:
         out = self.out
         if (
             out.content_length is None
-            and self.version >= (1, 1)
+            and (1, 1) <= self.version < (2, 0)
             and self.status not in _NO_BODY
             and self.status >= 200
             and self.method != "HEAD"
@@ -414,9 +412,21 @@ class Request:
                 self.keepalive = False
         elif out.content_length is None and self.method != "HEAD":
             self.keepalive = False
-        head = self.build_head()
-        self.bytes_sent += len(head)
-        self.conn.write(head)
+        last = self.method == "HEAD" or self.status in _NO_BODY
+        self.bytes_sent += self._write_head(b"", last=last)
+
+    def _write_head(self, body: bytes, last: bool) -> int:
+        """The head (and `body` after it) in the connection's protocol; bytes written.
+        An HTTP/2 stream takes the header fields (a HEADERS frame; `last`: nothing follows),
+        an HTTP/1 connection the head bytes."""
+        if self.version >= (2, 0):
+            fields = self.head_fields()
+            return self.conn.send_fields(self.status, fields, body, last)  # type: ignore[attr-defined]
+        data = self.build_head()
+        if body:
+            data += body
+        self.conn.write(data)
+        return len(data)
 
     def send_body(self, data: bytes) -> None:
         if self.method == "HEAD" or not data:
@@ -438,69 +448,84 @@ class Request:
         self.conn.close_request(self)
 
     def build_head(self) -> bytes:
-        """nginx's header filter chain, in its order, into the head bytes."""
+        """The HTTP/1 head bytes: status line, head_fields, blank line (none for HTTP/0.9)."""
+        if self.version < (1, 0):
+            self.header_sent = True
+            if self.err_status:
+                self.status = self.err_status
+            return b""
+        fields = self.head_fields()
+        status = self.status
+        line = STATUS_LINES.get(status)
+        parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
+        for name, value in fields:
+            parts.append(f"{name}: {value}\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1", "replace")
+
+    def head_fields(self) -> list[tuple[str, str]]:
+        """nginx's header filter chain, in its order: the response header fields. HTTP/2 gets
+        no connection-specific ones (Connection, Keep-Alive, Transfer-Encoding)."""
         self.header_sent = True
         out = self.out
         if self.err_status:
             self.status = self.err_status
         status = self.status
         loc = self.loc
-        if self.version < (1, 0):
-            return b""
         if status in _REDIRECTS or (out.location is not None and status >= 300):
             self._absolute_location()
-        line = STATUS_LINES.get(status)
-        parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
         tokens = loc.server_tokens
-        parts.append(SERVER_OFF if tokens == "off" else SERVER_ON)
-        parts.append(f"Date: {DATE.now()}\r\n")
+        fields = [SERVER_OFF if tokens == "off" else SERVER_ON, ("Date", DATE.now())]
         if out.content_type is not None:
             if out.charset:
-                parts.append(f"Content-Type: {out.content_type}; charset={out.charset}\r\n")
+                fields.append(("Content-Type", f"{out.content_type}; charset={out.charset}"))
             else:
-                parts.append(f"Content-Type: {out.content_type}\r\n")
+                fields.append(("Content-Type", out.content_type))
         if out.content_length is not None:
-            parts.append(f"Content-Length: {out.content_length}\r\n")
+            fields.append(("Content-Length", str(out.content_length)))
         if out.last_modified is not None and status in (200, 206, 304):
-            parts.append(f"Last-Modified: {http_date(out.last_modified)}\r\n")
+            fields.append(("Last-Modified", http_date(out.last_modified)))
         if out.location is not None:
-            parts.append(f"Location: {out.location}\r\n")
-        if self.chunked:
-            parts.append("Transfer-Encoding: chunked\r\n")
-        if self.upgrade_status(status):
-            parts.append("Connection: upgrade\r\n")
-        elif self.keepalive:
-            parts.append("Connection: keep-alive\r\n")
-            if loc.keepalive_header:
-                parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
-        else:
-            parts.append("Connection: close\r\n")
+            fields.append(("Location", out.location))
+        if self.version < (2, 0):
+            if self.chunked:
+                fields.append(("Transfer-Encoding", "chunked"))
+            if self.upgrade_status(status):
+                fields.append(("Connection", "upgrade"))
+            elif self.keepalive:
+                fields.append(("Connection", "keep-alive"))
+                if loc.keepalive_header:
+                    fields.append(("Keep-Alive", f"timeout={int(loc.keepalive_header)}"))
+            else:
+                fields.append(("Connection", "close"))
         if out.etag is not None and status in (200, 206, 304):
-            parts.append(f"ETag: {out.etag}\r\n")
-        for name, value in out.headers:
-            parts.append(f"{name}: {value}\r\n")
-        self._add_headers(parts, status)
+            fields.append(("ETag", out.etag))
+        fields.extend(out.headers)
+        self._add_headers(fields, status)
         if out.accept_ranges and status == 200:
-            parts.append("Accept-Ranges: bytes\r\n")
-        parts.append("\r\n")
-        return "".join(parts).encode("latin-1", "replace")
+            fields.append(("Accept-Ranges", "bytes"))
+        return fields
 
     def upgrade_status(self, status: int) -> bool:
         return status == 101
 
-    def _add_headers(self, parts: list[str], status: int) -> None:
+    def _add_headers(self, fields: list[tuple[str, str]], status: int) -> None:
         loc = self.loc
         ok = status in (200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
         expires = loc.expires
         if expires is not None and ok:
             from pyngx.http.expires import expires_headers
 
-            expires_headers(self, expires, parts)
+            lines: list[str] = []
+            expires_headers(self, expires, lines)  # "Name: value\r\n" lines
+            for line in lines:
+                name, _, value = line.rstrip("\r\n").partition(": ")
+                fields.append((name, value))
         for name, value, always in loc.add_headers:
             if ok or always:
                 v = value(self)
                 if v:
-                    parts.append(f"{name}: {v}\r\n")
+                    fields.append((name, v))
 
     def _absolute_location(self) -> None:
         out = self.out
