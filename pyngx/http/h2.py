@@ -29,6 +29,7 @@ trailers, a client GOAWAY and malformed Content-Length values are connection err
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,9 @@ from h2.exceptions import (
     FrameDataMissingError,
     FrameTooLargeError,
     InvalidSettingsValueError,
+    NoSuchStreamError,
     ProtocolError,
+    StreamClosedError,
 )
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame, SettingsFrame
@@ -112,10 +115,13 @@ def _new_state(preread: int, header_limit: int) -> _H2State:
         normalize_inbound_headers=False,  # cookies are joined in h2_request.py
     )
     state = _H2State(config)
-    # No MAX_CONCURRENT_STREAMS here: h2 would enforce it as a connection error.
-    state.local_settings = Settings(
-        client=False, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: preread}
-    )
+    # No MAX_CONCURRENT_STREAMS here: h2 would enforce it as a connection error. The initial
+    # window is a pending change: streams opened before the client acknowledges our SETTINGS
+    # get the default window the client still assumes (h2 applies the change at the ACK).
+    local = Settings(client=False)
+    if preread != local.initial_window_size:
+        local.initial_window_size = preread
+    state.local_settings = local
     # A safety net only: the limits of large_client_header_buffers are checked after
     # decoding, on names and values (hpack counts 32 more bytes per field).
     state.decoder.max_header_list_size = header_limit * 2 + 65536
@@ -581,6 +587,22 @@ class H2Connection(asyncio.Protocol):
             return
         self._flush()
 
+    def open_window(self, st: H2Stream, size: int) -> None:
+        """A consumer reads the body: the stream's window grows to `size` (nginx opens it to
+        the body buffer when the body is read, whatever http2_body_preread_size was)."""
+        if self.state == _CLOSED:
+            return
+        stream = self.h2.streams.get(st.sid)
+        if stream is None:
+            return
+        current = stream.inbound_flow_control_window
+        if current < size:
+            try:
+                self.h2.increment_flow_control_window(size - current, st.sid)
+            except ProtocolError:
+                return
+            self._flush()
+
     def _gone(self, st: H2Stream) -> None:
         """h2 refused to send on the stream (the client reset it under us)."""
         st.drop_pending()
@@ -644,7 +666,7 @@ class H2Connection(asyncio.Protocol):
         self._close()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        code, text = describe_error(exc, self)
+        code, text = describe_error(exc)
         self.conn_log(INFO, text)
         self._finalize(code)
 
@@ -752,43 +774,64 @@ _DISPATCH: dict[type, Any] = {
 }
 
 
-def describe_error(exc: ProtocolError, h2c: H2Connection | None = None) -> tuple[int, str]:
+_FRAME_NAMES = {
+    "DataFrame": "DATA",
+    "HeadersFrame": "HEADERS",
+    "PriorityFrame": "PRIORITY",
+    "RstStreamFrame": "RST_STREAM",
+    "SettingsFrame": "SETTINGS",
+    "PushPromiseFrame": "PUSH_PROMISE",
+    "PingFrame": "PING",
+    "GoAwayFrame": "GOAWAY",
+    "WindowUpdateFrame": "WINDOW_UPDATE",
+    "ContinuationFrame": "CONTINUATION",
+}
+_STREAM_ID_RE = re.compile(r"Stream ID must be (?:non-)?zero for (\w+)")
+
+
+def describe_error(exc: ProtocolError) -> tuple[int, str]:
     """The GOAWAY error code and nginx's log text for a protocol error h2 raised."""
     text = str(exc)
     low = text.lower()
     if "preamble" in low:
         return ErrorCodes.PROTOCOL_ERROR, "invalid connection preface"
     if isinstance(exc, FlowControlError):
-        if "window" in low and ("overflow" in low or "exceed" in low or "large" in low):
+        if "exceed" in low or "past" in low:
             return (
                 ErrorCodes.FLOW_CONTROL_ERROR,
-                "client violated connection flow control: received WINDOW_UPDATE frame "
-                "with too large window increment",
+                "client violated connection flow control: "
+                "received WINDOW_UPDATE frame with window increment not allowed",
             )
-        return ErrorCodes.FLOW_CONTROL_ERROR, f"client violated flow control: {text}"
-    if isinstance(exc, DenialOfServiceError):
-        if "continuation" in low:
-            return ErrorCodes.ENHANCE_YOUR_CALM, "client sent too many CONTINUATION frames"
+        return ErrorCodes.FLOW_CONTROL_ERROR, "client violated connection flow control"
+    if isinstance(exc, DenialOfServiceError) or "too many continuation" in low:
         return ErrorCodes.ENHANCE_YOUR_CALM, "client sent too large header"
     if isinstance(exc, InvalidSettingsValueError):
-        return int(exc.error_code), f"client sent SETTINGS frame with incorrect value: {text}"
+        return int(exc.error_code), "client sent SETTINGS frame with incorrect value"
     if isinstance(exc, FrameTooLargeError):
-        return ErrorCodes.FRAME_SIZE_ERROR, f"client sent too large frame: {text}"
+        return ErrorCodes.FRAME_SIZE_ERROR, "client sent too large frame"
     if isinstance(exc, FrameDataMissingError):
-        return ErrorCodes.FRAME_SIZE_ERROR, f"client sent frame with incorrect length: {text}"
+        return ErrorCodes.FRAME_SIZE_ERROR, "client sent frame with incorrect length"
+    m = _STREAM_ID_RE.search(text)
+    if m is not None:
+        name = _FRAME_NAMES.get(m.group(1), m.group(1))
+        return ErrorCodes.PROTOCOL_ERROR, f"client sent {name} frame with incorrect identifier"
     if "decoding header block" in low or "hpack" in low:
         return ErrorCodes.COMPRESSION_ERROR, "client sent invalid encoded header field"
-    if "continuation" in low:
+    if "during header block" in low:
         return (
             ErrorCodes.PROTOCOL_ERROR,
-            "client sent inappropriate frame while CONTINUATION was expected"
-            if "expect" in low
-            else "client sent unexpected CONTINUATION frame",
+            "client sent inappropriate frame while CONTINUATION was expected",
         )
+    if "continuation" in low:
+        return ErrorCodes.PROTOCOL_ERROR, "client sent unexpected CONTINUATION frame"
     if "push" in low:
         return ErrorCodes.PROTOCOL_ERROR, "client sent PUSH_PROMISE frame"
+    if isinstance(exc, NoSuchStreamError):
+        return ErrorCodes.PROTOCOL_ERROR, f"client sent frame for idle stream {exc.stream_id}"
+    if isinstance(exc, StreamClosedError):
+        return ErrorCodes.STREAM_CLOSED, f"client sent frame for closed stream {exc.stream_id}"
     code = int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
-    return code, f"client sent invalid HTTP/2 frames: {text}"
+    return code, f"client sent invalid HTTP/2 frames ({text})"
 
 
 # -- entry points ------------------------------------------------------------------------------

@@ -241,7 +241,13 @@ class H2Stream:
         if self.in_ended:
             sink(None)
         elif self.request is not None:
-            self._arm("body", self.request.loc.client_body_timeout)
+            req = self.request
+            loc = req.loc
+            cl = req.framing.content_length
+            buffer = loc.client_body_buffer_size
+            want = cl + 1 if cl is not None and cl < buffer else buffer
+            self.h2c.open_window(self, max(want, self.h2c.preread) - self.body_size)
+            self._arm("body", loc.client_body_timeout)
 
     def data_received(self, data: bytes, flow_len: int) -> None:
         if self.skip_body or self.closed:
@@ -365,6 +371,7 @@ class H2Stream:
             status = 408
         if req is not None and not req.done:
             req.log(INFO, f"client timed out ({_ETIMEDOUT}) while {what}")
+        self.drop_pending()
         self.terminate(status)
         # nginx resets a timed-out stream with PROTOCOL_ERROR (ngx_http_v2_close_stream).
         self.reset(ErrorCodes.PROTOCOL_ERROR)

@@ -419,9 +419,10 @@ class Request:
         """The head (and `body` after it) in the connection's protocol; bytes written.
         An HTTP/2 stream takes the header fields (a HEADERS frame; `last`: nothing follows),
         an HTTP/1 connection the head bytes."""
-        if self.version >= (2, 0):
+        send_fields = getattr(self.conn, "send_fields", None)
+        if send_fields is not None:
             fields = self.head_fields()
-            return self.conn.send_fields(self.status, fields, body, last)  # type: ignore[attr-defined]
+            return send_fields(self.status, fields, body, last)  # type: ignore[no-any-return]
         data = self.build_head()
         if body:
             data += body
