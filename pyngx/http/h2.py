@@ -84,6 +84,15 @@ FRAME_SIZE = 16384
 OUTPUT_LIMIT = 1024 * 1024
 # nginx's flood check: more than this much beyond 8x the payload is a flood.
 FLOOD_SLACK = 1024 * 1024
+# Frames without payload (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA,
+# unknown types) cost h2 tens of microseconds each: a connection gets this many, plus some
+# per stream it opens and per response byte it acknowledges, before "http2 flood detected".
+CTRL_BUDGET = 10000
+CTRL_PER_STREAM = 32
+CTRL_PER_SENT = 16384
+# At most this much of a read is processed per turn of the event loop, so that one busy
+# connection cannot hold the worker for long.
+SLICE = 64 * 1024
 
 _ETIMEDOUT = "110: Connection timed out"
 _OPEN, _CLOSED = 0, 1
@@ -164,6 +173,11 @@ class H2Connection(asyncio.Protocol):
         "total_bytes",
         "payload_bytes",
         "start_time",
+        "ctrl_frames",
+        "sent_data",
+        "scan_skip",
+        "scan_head",
+        "backlog",
     )
 
     def __init__(self, conn: HttpConnection) -> None:
@@ -203,6 +217,11 @@ class H2Connection(asyncio.Protocol):
         self.total_bytes = 0
         self.payload_bytes = 0
         self.start_time = time.monotonic()
+        self.ctrl_frames = 0
+        self.sent_data = 0
+        self.scan_skip = len(PREFACE)  # the preface is not a frame
+        self.scan_head = b""
+        self.backlog = b""  # read but not yet processed (see data_received)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -232,8 +251,41 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state == _CLOSED:
             return
+        if self.backlog:
+            self.backlog += data
+            return
+        if len(data) > SLICE:
+            self.backlog = data[SLICE:]
+            data = data[:SLICE]
+            self.transport.pause_reading()
+            self.loop.call_soon(self._next_slice)
+        self._process(data)
+
+    def _next_slice(self) -> None:
+        if self.state == _CLOSED:
+            self.backlog = b""
+            return
+        data = self.backlog[:SLICE]
+        self.backlog = self.backlog[SLICE:]
+        if self.backlog:
+            self.loop.call_soon(self._next_slice)
+        elif not self.reading_paused:
+            self.transport.resume_reading()
+        self._process(data)
+
+    def _process(self, data: bytes) -> None:
         self.total_bytes += len(data)
         self.new_streams = 0
+        if not self._scan(data):
+            # h2 would buffer the whole frame (up to 16 MB) before refusing it.
+            self.conn_log(INFO, "client sent too large frame")
+            self._finalize(ErrorCodes.FRAME_SIZE_ERROR)
+            return
+        allowance = CTRL_BUDGET + CTRL_PER_STREAM * self.requests + self.sent_data // CTRL_PER_SENT
+        if self.ctrl_frames > allowance or self.total_bytes // 8 > self.payload_bytes + FLOOD_SLACK:
+            self.conn_log(INFO, "http2 flood detected")
+            self._finalize(ErrorCodes.NO_ERROR)
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as exc:
@@ -251,10 +303,6 @@ class H2Connection(asyncio.Protocol):
             self._finalize(ErrorCodes.INTERNAL_ERROR)
             return
         self._flush()
-        if self.total_bytes // 8 > self.payload_bytes + FLOOD_SLACK:
-            self.conn_log(INFO, "http2 flood detected")
-            self._finalize(ErrorCodes.NO_ERROR)
-            return
         if (
             not self.reading_paused
             and self.state == _OPEN
@@ -262,6 +310,42 @@ class H2Connection(asyncio.Protocol):
         ):
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _scan(self, data: bytes) -> bool:
+        """Frame headers only, ahead of h2: what is payload (HEADERS, CONTINUATION, DATA)
+        and what is not, for the flood checks; False for a frame over our MAX_FRAME_SIZE."""
+        pos = 0
+        end = len(data)
+        skip = self.scan_skip
+        if self.scan_head:
+            data = self.scan_head + data
+            end = len(data)
+            self.scan_head = b""
+        ctrl = 0
+        payload = 0
+        while pos < end:
+            if skip:
+                take = min(skip, end - pos)
+                pos += take
+                skip -= take
+                continue
+            if end - pos < 9:
+                self.scan_head = data[pos:end]
+                break
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            if length > FRAME_SIZE:
+                return False
+            kind = data[pos + 3]
+            if kind in (0, 1, 9) and length:
+                payload += length
+            else:
+                ctrl += 1
+            skip = length
+            pos += 9
+        self.scan_skip = skip
+        self.ctrl_frames += ctrl
+        self.payload_bytes += payload
+        return True
 
     def eof_received(self) -> bool | None:
         return None
@@ -283,7 +367,8 @@ class H2Connection(asyncio.Protocol):
         self.writing_paused = False
         if self.reading_paused and self.state == _OPEN:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self.backlog:
+                self.transport.resume_reading()
         for st in list(self.streams.values()):
             if st.pending:
                 self.pump(st)
@@ -309,7 +394,6 @@ class H2Connection(asyncio.Protocol):
             self.conn_log(INFO, "client sent too large header")
             self._finalize(ErrorCodes.ENHANCE_YOUR_CALM)
             return
-        self.payload_bytes += size
         if self.goaway:
             self._refuse(sid)
             return
@@ -406,7 +490,6 @@ class H2Connection(asyncio.Protocol):
 
     def _on_data(self, ev: DataReceived) -> None:
         data = ev.data or b""
-        self.payload_bytes += len(data)
         flow = ev.flow_controlled_length or 0
         st = self.streams.get(ev.stream_id)  # type: ignore[arg-type]
         if st is None:
@@ -532,6 +615,7 @@ class H2Connection(asyncio.Protocol):
                 if n <= size:
                     pending.popleft()
                     st.pending_size -= n
+                    self.sent_data += n
                     last = st.end_queued and not pending
                     h2.send_data(sid, chunk, end_stream=last)
                     if last:
@@ -540,6 +624,7 @@ class H2Connection(asyncio.Protocol):
                     h2.send_data(sid, chunk[:size])
                     pending[0] = chunk[size:]
                     st.pending_size -= size
+                    self.sent_data += size
             if not pending and st.end_queued and not st.ended:
                 h2.end_stream(sid)
                 st.ended = True

@@ -12,18 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.settings
-from hyperframe.frame import GoAwayFrame
-
 from pyngx.core.cycle import Cycle, load_cycle
 from pyngx.core.paths import make_paths
 from pyngx.http.connection import HttpConnection
 from pyngx.http.request import DONE
+from tests.h2util import ClientState, Response
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+__all__ = ["Response", "Session"]
 
 
 class FakeTransport:
@@ -197,25 +192,11 @@ def pattern(size: int) -> bytes:
 # -- the client side --------------------------------------------------------------------------
 
 
-class Response:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
-        self.ended = False
-        self.reset: int | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
-
-
-class Session:
+class Session(ClientState):
     """One client connection to an in-process server."""
 
     def __init__(self, cycle: Cycle, *, window: int | None = None, auto_ack: bool = True) -> None:
+        super().__init__(window=window, auto_ack=auto_ack)
         self.loop = asyncio.get_running_loop()
         self.worker = FakeWorker(self.loop, cycle)
         assert cycle.http is not None
@@ -224,22 +205,6 @@ class Session:
         conn = HttpConnection(self.worker, port)
         self.transport.protocol = conn
         conn.connection_made(self.transport)  # type: ignore[arg-type]
-        self.client = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-            )
-        )
-        self.client.initiate_connection()
-        if window is not None:
-            self.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
-        self.auto_ack = auto_ack
-        self.responses: dict[int, Response] = {}
-        self.events: list[Any] = []
-        self.goaway: GoAwayFrame | None = None
         self.send()
 
     @property
@@ -251,85 +216,11 @@ class Session:
         if data and not self.transport.closed:
             self.transport.protocol.data_received(bytes(data))
 
-    def request(
-        self,
-        path: str,
-        *,
-        method: str = "GET",
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes | None = None,
-        end: bool = True,
-        authority: str = "localhost",
-    ) -> int:
-        sid = self.client.get_next_available_stream_id()
-        fields = [(":method", method), (":scheme", "http"), (":path", path)]
-        fields.append((":authority", authority))
-        fields.extend(headers or [])
-        raw = [(n.encode(), v.encode()) for n, v in fields]
-        self.responses[sid] = Response()
-        self.client.send_headers(sid, raw, end_stream=body is None and end)
-        if body is not None:
-            self.send_body(sid, body, end=end)
-        self.send()
-        return sid
-
-    def send_body(self, sid: int, body: bytes, *, end: bool = True) -> None:
-        pos = 0
-        while pos < len(body):
-            n = min(16384, len(body) - pos, self.client.local_flow_control_window(sid))
-            if n <= 0:
-                break
-            self.client.send_data(sid, body[pos : pos + n])
-            pos += n
-        if end and pos == len(body):
-            self.client.end_stream(sid)
-        self.send()
-        if pos < len(body):
-            self._unsent = (sid, body[pos:], end)
-        else:
-            self._unsent = None
-
     def receive(self) -> None:
-        data = self._strip_goaway(bytes(self.transport.out))
+        data = bytes(self.transport.out)
         self.transport.out.clear()
-        if not data:
-            return
-        for ev in self.client.receive_data(data):
-            self.events.append(ev)
-            if isinstance(ev, h2.events.ResponseReceived):
-                r = self.responses.setdefault(ev.stream_id, Response())
-                r.headers = list(ev.headers)
-                r.status = int(dict(ev.headers)[b":status"])
-            elif isinstance(ev, h2.events.DataReceived):
-                self.responses.setdefault(ev.stream_id, Response()).body += ev.data
-                if self.auto_ack and ev.flow_controlled_length:
-                    self.client.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.StreamEnded):
-                self.responses.setdefault(ev.stream_id, Response()).ended = True
-            elif isinstance(ev, h2.events.StreamReset):
-                self.responses.setdefault(ev.stream_id, Response()).reset = ev.error_code
-            elif isinstance(ev, h2.events.WindowUpdated) and getattr(self, "_unsent", None):
-                sid, rest, end = self._unsent
-                self.send_body(sid, rest, end=end)
-        self.send()
-
-    def _strip_goaway(self, data: bytes) -> bytes:
-        """GOAWAY frames are taken out before h2 sees them: h2 would close its state machine,
-        and the streams in flight are still answered after a graceful GOAWAY."""
-        out = bytearray()
-        pos = 0
-        while pos + 9 <= len(data):
-            length = int.from_bytes(data[pos : pos + 3], "big")
-            end = pos + 9 + length
-            if data[pos + 3] == 7:  # GOAWAY
-                frame = GoAwayFrame(0)
-                frame.parse_body(memoryview(data[pos + 9 : end]))
-                self.goaway = frame
-            else:
-                out += data[pos:end]
-            pos = end
-        out += data[pos:]
-        return bytes(out)
+        if data:
+            self.feed(data)
 
     async def run(self, until: Callable[[], bool], timeout: float = 5.0) -> None:
         deadline = self.loop.time() + timeout
@@ -344,5 +235,5 @@ class Session:
     async def get(self, path: str, **kw: Any) -> Response:
         sid = self.request(path, **kw)
         r = self.responses[sid]
-        await self.run(lambda: r.ended or r.reset is not None)
+        await self.run(lambda: r.done)
         return r
