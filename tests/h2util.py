@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,7 +155,8 @@ class ClientState:
 
 
 class H2Client(ClientState):
-    """Prior-knowledge HTTP/2 (h2c) over a loopback socket."""
+    """HTTP/2 over a loopback socket: prior knowledge (h2c), or TLS with `ssl_context`
+    (whose ALPN protocols the caller sets)."""
 
     def __init__(
         self,
@@ -164,10 +166,15 @@ class H2Client(ClientState):
         window: int | None = None,
         auto_ack: bool = True,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         super().__init__(window=window, auto_ack=auto_ack)
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
+        self.sock = sock
         self.eof = False
         self.send()
 
@@ -191,9 +198,11 @@ class H2Client(ClientState):
         """One read (up to `wait` seconds); False at EOF."""
         if self.eof:
             return False
-        ready, _, _ = select.select([self.sock], [], [], wait)
-        if not ready:
-            return True
+        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        if not pending:
+            ready, _, _ = select.select([self.sock], [], [], wait)
+            if not ready:
+                return True
         try:
             data = self.sock.recv(256 * 1024)
         except (ConnectionResetError, OSError):

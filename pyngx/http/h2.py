@@ -18,12 +18,16 @@ Who does what:
 - Our SETTINGS frame is written here: h2 is told the initial window (local settings) but not
   the stream limit, which it would enforce as a connection error.
 - A graceful GOAWAY is written here too: h2 closes its state machine when it sends one, and
-  the streams in flight must still be answered.
+  the streams in flight must still be answered. For the same reason the client's GOAWAY
+  frames are taken out before h2 sees them (nginx ignores them).
+- Frame headers are scanned ahead of h2 (`_scan`) for the flood checks and to refuse a frame
+  over MAX_FRAME_SIZE at once (h2 would first buffer all of it); reads are processed in
+  slices so that one busy connection does not hold the worker.
 
 Deliberate differences from nginx: MAX_FRAME_SIZE is announced as 16384 (nginx: 2^24-1) so
-that h2, which buffers whole frames, never holds more than that per frame; a request with
-trailers, a client GOAWAY and malformed Content-Length values are connection errors in h2
-(nginx: the first too, the others stream-level).
+that h2, which buffers whole frames, never holds more than that per frame; a Content-Length
+that does not match the DATA received, or is not a number, is a connection error in h2
+(nginx: 400 for the stream); request trailers end the connection as in nginx.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from h2.exceptions import (
     NoSuchStreamError,
     ProtocolError,
     StreamClosedError,
+    StreamIDTooLowError,
 )
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame, SettingsFrame
@@ -176,7 +181,8 @@ class H2Connection(asyncio.Protocol):
         "ctrl_frames",
         "sent_data",
         "scan_skip",
-        "scan_head",
+        "scan_hold",
+        "in_block",
         "backlog",
     )
 
@@ -220,7 +226,8 @@ class H2Connection(asyncio.Protocol):
         self.ctrl_frames = 0
         self.sent_data = 0
         self.scan_skip = len(PREFACE)  # the preface is not a frame
-        self.scan_head = b""
+        self.scan_hold = b""  # a frame header split across reads (see _scan)
+        self.in_block = False  # inside a header block (HEADERS without END_HEADERS)
         self.backlog = b""  # read but not yet processed (see data_received)
 
     # -- start ------------------------------------------------------------------------------
@@ -276,8 +283,8 @@ class H2Connection(asyncio.Protocol):
     def _process(self, data: bytes) -> None:
         self.total_bytes += len(data)
         self.new_streams = 0
-        if not self._scan(data):
-            # h2 would buffer the whole frame (up to 16 MB) before refusing it.
+        feed = self._scan(data)
+        if feed is None:
             self.conn_log(INFO, "client sent too large frame")
             self._finalize(ErrorCodes.FRAME_SIZE_ERROR)
             return
@@ -286,8 +293,10 @@ class H2Connection(asyncio.Protocol):
             self.conn_log(INFO, "http2 flood detected")
             self._finalize(ErrorCodes.NO_ERROR)
             return
+        if not feed:
+            return
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(feed)
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -311,18 +320,20 @@ class H2Connection(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
 
-    def _scan(self, data: bytes) -> bool:
-        """Frame headers only, ahead of h2: what is payload (HEADERS, CONTINUATION, DATA)
-        and what is not, for the flood checks; False for a frame over our MAX_FRAME_SIZE."""
+    def _scan(self, data: bytes) -> bytes | None:
+        """Frame headers only, ahead of h2, for three things: the flood checks (payload or
+        not); frames over our MAX_FRAME_SIZE (None: h2 would buffer up to 16 MB of one before
+        refusing it); the client's GOAWAY frames, taken out — h2 would close its state machine
+        on one, while nginx ignores it and answers the streams in flight. Returns what h2
+        gets now: a frame header split across reads waits for the rest."""
+        if self.scan_hold:
+            data = self.scan_hold + data
+            self.scan_hold = b""
         pos = 0
-        end = len(data)
+        end = feed_end = len(data)
         skip = self.scan_skip
-        if self.scan_head:
-            data = self.scan_head + data
-            end = len(data)
-            self.scan_head = b""
-        ctrl = 0
-        payload = 0
+        ctrl = payload = 0
+        cuts: list[tuple[int, int]] | None = None
         while pos < end:
             if skip:
                 take = min(skip, end - pos)
@@ -330,12 +341,31 @@ class H2Connection(asyncio.Protocol):
                 skip -= take
                 continue
             if end - pos < 9:
-                self.scan_head = data[pos:end]
+                self.scan_hold = data[pos:]
+                feed_end = pos
                 break
             length = int.from_bytes(data[pos : pos + 3], "big")
             if length > FRAME_SIZE:
-                return False
+                return None
             kind = data[pos + 3]
+            if kind in (1, 5, 9):  # HEADERS, PUSH_PROMISE, CONTINUATION
+                self.in_block = not data[pos + 4] & 0x4
+            elif (
+                kind == 7
+                and length >= 8
+                and not self.in_block
+                and not int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            ):
+                if pos + 9 + length > end:
+                    self.scan_hold = data[pos:]
+                    feed_end = pos
+                    break
+                if cuts is None:
+                    cuts = []
+                cuts.append((pos, pos + 9 + length))
+                ctrl += 1
+                pos += 9 + length
+                continue
             if kind in (0, 1, 9) and length:
                 payload += length
             else:
@@ -345,7 +375,15 @@ class H2Connection(asyncio.Protocol):
         self.scan_skip = skip
         self.ctrl_frames += ctrl
         self.payload_bytes += payload
-        return True
+        if cuts is None:
+            return data if feed_end == end else data[:feed_end]
+        out = bytearray()
+        last = 0
+        for a, b in cuts:
+            out += data[last:a]
+            last = b
+        out += data[last:feed_end]
+        return bytes(out)
 
     def eof_received(self) -> bool | None:
         return None
@@ -576,7 +614,8 @@ class H2Connection(asyncio.Protocol):
         self._finalize(ErrorCodes.PROTOCOL_ERROR)
 
     def _on_goaway(self, ev: ConnectionTerminated) -> None:
-        # h2 closes its state machine on a GOAWAY: nothing more can be sent on any stream.
+        # Only a GOAWAY that _scan let through (malformed ones make h2 raise first). h2 has
+        # closed its state machine: nothing more can be sent on any stream.
         self._terminate_streams(499)
         self._close()
 
@@ -911,6 +950,12 @@ def describe_error(exc: ProtocolError) -> tuple[int, str]:
         return ErrorCodes.PROTOCOL_ERROR, "client sent unexpected CONTINUATION frame"
     if "push" in low:
         return ErrorCodes.PROTOCOL_ERROR, "client sent PUSH_PROMISE frame"
+    if isinstance(exc, StreamIDTooLowError):
+        return (
+            ErrorCodes.PROTOCOL_ERROR,
+            f"client sent HEADERS frame with incorrect identifier {exc.stream_id}, "
+            f"the last was {exc.max_stream_id}",
+        )
     if isinstance(exc, NoSuchStreamError):
         return ErrorCodes.PROTOCOL_ERROR, f"client sent frame for idle stream {exc.stream_id}"
     if isinstance(exc, StreamClosedError):

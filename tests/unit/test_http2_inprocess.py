@@ -11,7 +11,7 @@ from typing import Any
 import h2.events
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import PriorityFrame
+from hyperframe.frame import GoAwayFrame, PriorityFrame
 
 from pyngx.http.h2 import H2Connection
 from pyngx.http.request import DONE
@@ -504,3 +504,49 @@ def test_small_preread_refuses_early_bodies(tmp_path: Path, preread: str) -> Non
     run(main())
     _, error = read_logs(tmp_path)
     assert "client sent stream with data before settings were acknowledged" in error
+
+
+def test_client_goaway_is_ignored_as_nginx_does(tmp_path: Path) -> None:
+    cycle = setup(tmp_path, stream_size=200_000)
+
+    async def main() -> None:
+        s = Session(cycle, window=1000, auto_ack=False)
+        sid = s.request("/stream")
+        await s.run(lambda: len(s.responses[sid].body) >= 1000)
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        s.server.data_received(goaway.serialize())  # h2 never sees it: the stream goes on
+        s.auto_ack = True
+        s.client.acknowledge_received_data(1000, sid)
+        s.client.increment_flow_control_window(1_000_000, sid)
+        s.send()
+        rr = s.responses[sid]
+        await s.run(lambda: rr.ended)
+        assert bytes(rr.body) == pattern(200_000)
+        assert not s.transport.closed and s.goaway is None
+
+    run(main())
+
+
+def test_bytes_one_at_a_time(tmp_path: Path) -> None:
+    cycle = setup(tmp_path)
+
+    class Trickle(Session):
+        def send(self) -> None:
+            data = self.client.data_to_send()
+            for i in range(len(data)):
+                if self.transport.closed:
+                    return
+                self.transport.protocol.data_received(data[i : i + 1])
+
+    async def main() -> None:
+        s = Trickle(cycle)
+        r = await s.get("/a.txt", headers=[("cookie", "a=1")])
+        assert (r.status, bytes(r.body)) == (200, b"hello\n")
+        goaway = GoAwayFrame(0)
+        s.client._data_to_send += goaway.serialize()  # a client GOAWAY split byte by byte
+        r = await s.get("/echo", method="POST", body=b"z" * 5000)
+        assert (r.status, len(r.body)) == (200, 5000)
+        assert s.server.state == 0
+
+    run(main())
