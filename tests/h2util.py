@@ -172,6 +172,7 @@ class H2Client(ClientState):
         super().__init__(window=window, auto_ack=auto_ack)
         self.timeout = timeout
         sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
         self.sock = sock

@@ -184,6 +184,8 @@ class H2Connection(asyncio.Protocol):
         "scan_hold",
         "in_block",
         "backlog",
+        "batching",
+        "wbuf",
     )
 
     def __init__(self, conn: HttpConnection) -> None:
@@ -229,6 +231,8 @@ class H2Connection(asyncio.Protocol):
         self.scan_hold = b""  # a frame header split across reads (see _scan)
         self.in_block = False  # inside a header block (HEADERS without END_HEADERS)
         self.backlog = b""  # read but not yet processed (see data_received)
+        self.batching = False  # output is collected in wbuf, written once (end_batch)
+        self.wbuf = bytearray()
 
     # -- start ------------------------------------------------------------------------------
 
@@ -300,6 +304,8 @@ class H2Connection(asyncio.Protocol):
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
+        # The answers to one read (acks, responses of many streams) leave in one write.
+        self.batching = True
         try:
             for event in events:
                 handler = _DISPATCH.get(type(event))
@@ -311,7 +317,8 @@ class H2Connection(asyncio.Protocol):
             self.worker_log(ALERT, f"http2 connection failed: {type(exc).__name__}: {exc}")
             self._finalize(ErrorCodes.INTERNAL_ERROR)
             return
-        self._flush()
+        finally:
+            self.end_batch()
         if (
             not self.reading_paused
             and self.state == _OPEN
@@ -632,7 +639,7 @@ class H2Connection(asyncio.Protocol):
             self._gone(st)
             return 0
         data = h2.data_to_send()
-        self.transport.write(data)
+        self._out(data)
         return len(data)
 
     def pump(self, st: H2Stream) -> None:
@@ -728,12 +735,12 @@ class H2Connection(asyncio.Protocol):
             self._flush()
 
     def _gone(self, st: H2Stream) -> None:
-        """h2 refused to send on the stream (the client reset it under us)."""
+        """h2 refused to send on the stream: the client reset it in the same read (h2 takes
+        in all frames before we see the events). Nothing more goes out on it; the
+        StreamReset event, still to come, ends the request and logs it."""
         st.drop_pending()
-        if not st.closed:
-            st.closed = True
-            st.wake()
-            self._stream_closed(st)
+        st.closed = True
+        st.wake()
 
     def _refuse(self, sid: int) -> None:
         try:
@@ -743,8 +750,34 @@ class H2Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
-        if data and self.state == _OPEN:
+        if data:
+            self._out(data)
+
+    def _out(self, data: bytes) -> None:
+        if self.state != _OPEN:
+            return
+        if self.batching:
+            self.wbuf += data
+        else:
             self.transport.write(data)
+
+    def begin_batch(self) -> bool:
+        """Collect output until end_batch (False: a batch was already open)."""
+        if self.batching:
+            return False
+        self.batching = True
+        return True
+
+    def end_batch(self) -> None:
+        self.batching = False
+        pending = self.h2.data_to_send()
+        if pending:
+            self.wbuf += pending
+        if self.wbuf:
+            data = bytes(self.wbuf)
+            self.wbuf.clear()
+            if self.state == _OPEN:
+                self.transport.write(data)
 
     def _stream_closed(self, st: H2Stream) -> None:
         if self.streams.pop(st.sid, None) is None:
@@ -774,7 +807,7 @@ class H2Connection(asyncio.Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = code
-        self.transport.write(frame.serialize())
+        self._out(frame.serialize())
 
     def _finalize(self, code: int) -> None:
         """ngx_http_v2_finalize_connection: GOAWAY with `code`, the streams end, close."""
@@ -784,7 +817,7 @@ class H2Connection(asyncio.Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = code
-        self.transport.write(frame.serialize())
+        self._out(frame.serialize())
         self.goaway = True
         self._terminate_streams(499)
         self._close()
@@ -807,6 +840,7 @@ class H2Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self.state == _CLOSED:
             return
+        self.end_batch()
         self.state = _CLOSED
         self._cancel_timer()
         try:

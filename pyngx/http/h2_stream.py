@@ -162,19 +162,35 @@ class H2Stream:
         loc = self.request.loc if self.request is not None else None
         self.frame_limit = getattr(loc, "http2_chunk_size", 8192)
         end = last and not body
-        size = self.h2c.send_headers(self, headers, end)
-        if end:
-            self.ended = True
-            self.h2c.stream_output_done(self)
-            return size
-        if body:
-            if last:
-                self.end_queued = True
-            self.write(body)
-        return size + len(body)
+        h2c = self.h2c
+        batch = h2c.begin_batch()  # HEADERS and the first DATA in one write
+        try:
+            size = h2c.send_headers(self, headers, end)
+            if self.closed:  # reset by the client meanwhile: the body goes nowhere
+                if self.request is not None:
+                    self.request.body_sent -= len(body)
+                return size
+            if end:
+                self.ended = True
+                h2c.stream_output_done(self)
+                return size
+            if body:
+                if last:
+                    self.end_queued = True
+                self.write(body)
+            return size + len(body)
+        finally:
+            if batch:
+                h2c.end_batch()
 
     def write(self, data: bytes) -> None:
-        if self.closed or not data:
+        if not data:
+            return
+        if self.closed:
+            req = self.request
+            if req is not None:  # $body_bytes_sent counts what went out
+                req.body_sent -= len(data)
+                req.bytes_sent -= len(data)
             return
         self.pending.append(memoryview(data))
         self.pending_size += len(data)
@@ -327,8 +343,11 @@ class H2Stream:
             except Exception as exc:
                 self.worker_log(ALERT, f"access log failed: {exc}")
         self._discard_body()
-        if req is not None and req.task is not None and not req.task.done():
-            req.task.cancel()
+        task = req.task if req is not None else None
+        if task is not None and not task.done():
+            # Not now: a task created in this same read has not started yet, and cancelled
+            # before its first step its `finally` (closing a file) would never run.
+            self.loop.call_soon(task.cancel)
 
     # -- timers: client_body_timeout while reading the body, send_timeout while blocked ----
 

@@ -4,6 +4,7 @@ through read_body, flow control both ways, client resets (499), limits, timeouts
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -550,3 +551,37 @@ def test_bytes_one_at_a_time(tmp_path: Path) -> None:
         assert s.server.state == 0
 
     run(main())
+
+
+def test_reset_in_the_same_read_as_the_request(tmp_path: Path) -> None:
+    """h2 takes in the RST_STREAM before we see the request: the response goes nowhere, the
+    request is logged as cancelled, and the file it opened is closed."""
+    cycle = setup(tmp_path)
+    (tmp_path / "html" / "big.bin").write_bytes(b"x" * 1_000_000)
+
+    async def main() -> None:
+        s = Session(cycle)
+        s.receive()
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(50):
+            sid = s.client.get_next_available_stream_id()
+            s.client.send_headers(
+                sid,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/big.bin"),
+                    (b":authority", b"a"),
+                ],
+                end_stream=True,
+            )
+            s.client.reset_stream(sid, ErrorCodes.CANCEL)
+        s.send()  # one read
+        await asyncio.sleep(0.05)
+        assert s.server.processing == 0
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+    run(main())
+    access, error = read_logs(tmp_path)
+    assert access.count('"GET /big.bin HTTP/2.0" 200 0 ') == 50
+    assert error.count("client canceled stream") == 50
