@@ -680,7 +680,10 @@ class H2Connection(asyncio.Protocol):
         self._flush()
         if st.ended:
             self.stream_output_done(st)
-        elif not pending:
+        elif pending:
+            st.blocked = True
+        elif st.blocked:  # the window opened: the handler may go on (drain, on_drain)
+            st.blocked = False
             st.wake()
 
     def stream_output_done(self, st: H2Stream) -> None:

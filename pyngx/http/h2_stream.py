@@ -72,6 +72,7 @@ class H2Stream:
         "timer_kind",
         "deadline",
         "frame_limit",
+        "blocked",
     )
 
     def __init__(self, h2c: H2Connection, sid: int, in_ended: bool) -> None:
@@ -109,6 +110,7 @@ class H2Stream:
         self.timer_kind = ""
         self.deadline = 0.0
         self.frame_limit = 8192
+        self.blocked = False  # body bytes wait for a window (set and cleared by H2Connection.pump)
 
     # -- what handlers read on r.conn -------------------------------------------------------
 

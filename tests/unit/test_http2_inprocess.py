@@ -585,3 +585,48 @@ def test_reset_in_the_same_read_as_the_request(tmp_path: Path) -> None:
     access, error = read_logs(tmp_path)
     assert access.count('"GET /big.bin HTTP/2.0" 200 0 ') == 50
     assert error.count("client canceled stream") == 50
+
+
+def test_on_drain_resumes_a_paused_producer(tmp_path: Path) -> None:
+    """The proxy's way: stop while writing_paused, go on when on_drain is called."""
+    cycle = setup(tmp_path)
+    total = 300_000
+    body = pattern(total)
+    calls = []
+
+    def producer(r: Any) -> Any:
+        sent = [0]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def go() -> None:
+            calls.append(sent[0])
+            while sent[0] < total and not r.conn.writing_paused and not r.done:
+                n = min(20_000, total - sent[0])
+                r.send_body(body[sent[0] : sent[0] + n])
+                sent[0] += n
+            if sent[0] >= total and not r.done:
+                r.finish()
+                if not done.done():
+                    done.set_result(None)
+
+        r.conn.on_drain = go
+        r.status = 200
+        r.out.content_length = total
+        r.send_head()
+        go()
+
+        async def wait() -> int:
+            await done
+            return DONE
+
+        return wait()
+
+    set_content(cycle, "/stream", producer)
+
+    async def main() -> None:
+        s = Session(cycle, window=5000)
+        r = await s.get("/stream")
+        assert r.status == 200 and bytes(r.body) == body
+
+    run(main())
+    assert len(calls) > 10  # resumed again and again by window updates
