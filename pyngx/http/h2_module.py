@@ -54,9 +54,16 @@ _IGNORED = (
 )
 
 
+def _parse_size(text: str) -> int:
+    # ngx_conf_set_size_slot takes k and m only (g is for offsets).
+    if text[-1:] in ("g", "G"):
+        raise DirectiveValueError()
+    return parse_size(text)
+
+
 def _size(slot: str, check: Any = None) -> Any:
     def handler(ctx: Context, node: Node) -> None:
-        value = parse_size(node.args[0])
+        value = _parse_size(node.args[0])
         if check is not None:
             value = check(node, value)
         ctx.set_once(slot, value, node)
@@ -82,12 +89,19 @@ def _chunk(node: Node, value: int) -> int:
     return min(value, MAX_FRAME_SIZE)
 
 
+def _number(text: str) -> int:
+    try:
+        return parse_number(text)
+    except DirectiveValueError:
+        raise DirectiveValueError("invalid number") from None  # ngx_conf_set_num_slot
+
+
 def _concurrent_streams(ctx: Context, node: Node) -> None:
-    ctx.set_once("h2_max_concurrent_streams", parse_number(node.args[0]), node)
+    ctx.set_once("h2_max_concurrent_streams", _number(node.args[0]), node)
 
 
 def _streams_index_size(ctx: Context, node: Node) -> None:
-    n = parse_number(node.args[0])
+    n = _number(node.args[0])
     if n == 0 or n & (n - 1):
         raise DirectiveValueError("must be a power of two")
     ctx.set_once("h2_streams_index_size", n, node)

@@ -1,6 +1,6 @@
 """HTTP/2 (h2c, prior knowledge) answered by Debian's nginx 1.22 and by pyngx, side by side:
 the same requests through curl, the same status, header fields (in order, Date aside),
-bodies, and access log lines."""
+bodies, and access log lines; and the http2_* directives' errors and warnings under -t."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +140,65 @@ def test_same_answers_as_nginx(nginx: ServerFactory, pyngx: ServerFactory, tmp_p
     got_log = _log_lines(ours.prefix / "logs" / "access.log")
     assert len(want_log) == 20
     assert got_log == want_log
+
+
+# -- the directives: nginx -t and pyngx -t on the same files ------------------------------------
+
+_EVENTS = "pid logs/t.pid;\nevents { }\n"
+_SERVER = "http {\n server {\n listen 127.0.0.1:1;\n"
+CONF_ERRORS = {
+    "chunk size zero": _SERVER + " http2_chunk_size 0;\n }\n}\n",
+    "preread too large": _SERVER + " http2_body_preread_size 2048m;\n }\n}\n",
+    "streams index not a power of two": _SERVER + " http2_streams_index_size 3;\n }\n}\n",
+    "recv buffer too small": "http {\n http2_recv_buffer_size 16;\n}\n",
+    "recv buffer in a server": _SERVER + " http2_recv_buffer_size 1m;\n }\n}\n",
+    "concurrent streams not a number": _SERVER + " http2_max_concurrent_streams x;\n }\n}\n",
+    "chunk size invalid": _SERVER + " http2_chunk_size 1q;\n }\n}\n",
+    "preread 2g is not a size": _SERVER + " http2_body_preread_size 2g;\n }\n}\n",
+    "index size not a number": _SERVER + " http2_streams_index_size -1;\n }\n}\n",
+    "preread in a location": _SERVER + " location / {\n http2_body_preread_size 1k;\n }\n }\n}\n",
+}
+CONF_WARNINGS = {
+    "idle timeout": "http2_idle_timeout 10s;",
+    "recv timeout": "http2_recv_timeout 10s;",
+    "max requests": "http2_max_requests 10;",
+    "max field size": "http2_max_field_size 4k;",
+    "max header size": "http2_max_header_size 16k;",
+}
+_LINE = re.compile(r"\[(emerg|warn)\] (?:\d+#\d+: )?(.*)$")
+
+
+def _lines(stderr: str, level: str) -> list[str]:
+    out = []
+    for line in stderr.splitlines():
+        m = _LINE.search(line)
+        if m and m.group(1) == level:
+            out.append(m.group(2))
+    return out
+
+
+def _both(tmp_path: Path, text: str) -> tuple[Any, Any]:
+    conf = tmp_path / "test.conf"
+    conf.write_text(_EVENTS + text)
+    for sub in ("n/logs", "p/logs"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    run = lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=30)  # noqa: E731
+    ngx = run(["/usr/sbin/nginx", "-t", "-p", f"{tmp_path}/n/", "-c", str(conf)])
+    pyn = run([sys.executable, "-m", "pyngx", "-t", "-p", f"{tmp_path}/p/", "-c", str(conf)])
+    return ngx, pyn
+
+
+@pytest.mark.parametrize("case", sorted(CONF_ERRORS))
+def test_directive_errors_as_nginx(case: str, tmp_path: Path) -> None:
+    ngx, pyn = _both(tmp_path, CONF_ERRORS[case])
+    assert ngx.returncode == pyn.returncode == 1, (ngx.stderr, pyn.stderr)
+    assert _lines(pyn.stderr, "emerg")[:1] == _lines(ngx.stderr, "emerg")[:1]
+
+
+@pytest.mark.parametrize("case", sorted(CONF_WARNINGS))
+def test_obsolete_directives_warn_as_nginx(case: str, tmp_path: Path) -> None:
+    ngx, pyn = _both(
+        tmp_path, f"http {{\n server {{\n listen 127.0.0.1:1;\n {CONF_WARNINGS[case]}\n }}\n}}\n"
+    )
+    assert ngx.returncode == pyn.returncode == 0, (ngx.stderr, pyn.stderr)
+    assert _lines(pyn.stderr, "warn") == _lines(ngx.stderr, "warn") != []
