@@ -210,6 +210,14 @@ class HttpConnection(asyncio.Protocol):
             if self.buf:
                 self.buf += data
                 data = self.buf
+            # -- HTTP/2 with prior knowledge (h2c): on a `listen ... http2` / `http2 on`
+            # address, a connection starting with the preface goes to pyngx.http.h2.
+            if self.requests == 0 and data[:1] == b"P":
+                from pyngx.http.h2 import try_prior_knowledge
+
+                if try_prior_knowledge(self, data):
+                    return
+            # -- end of the HTTP/2 hook
             self._read_head(data)
         elif self.body is not None and not self.body.done:
             self._feed_body(data)

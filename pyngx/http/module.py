@@ -209,6 +209,10 @@ def _listen(ctx: Context, node: Node) -> None:
             opts["ssl"] = True
         elif param == "http2":
             http2 = True
+            ctx.warn(
+                node,
+                'the "listen ... http2" directive is deprecated, use the "http2" directive instead',
+            )
         elif name == "backlog" and eq:
             try:
                 opts["backlog"] = int(value)

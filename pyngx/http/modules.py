@@ -8,6 +8,7 @@ from pyngx.http import (
     access,
     autoindex_handler,
     cache,
+    h2_module,
     limit_conn,
     limit_req,
     maps,
@@ -24,6 +25,7 @@ def register_http(reg: Registry) -> None:
     rewrite.register(reg)
     modules: list[object] = [
         ssl,
+        h2_module,
         realip,
         # Preaccess handlers run in this order (limit_req before limit_conn, as nginx's).
         limit_req.MODULE,

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from pyngx.http.module import LocationConf, ServerConf
 
 URI_CHANGES = 11  # nginx's NGX_HTTP_MAX_URI_CHANGES + 1
-SERVER_ON = f"Server: nginx/{NGINX_COMPAT_VERSION}\r\n"
-SERVER_OFF = "Server: nginx\r\n"
+SERVER_ON = ("Server", f"nginx/{NGINX_COMPAT_VERSION}")
+SERVER_OFF = ("Server", "nginx")
 # Statuses after which nginx does not keep the connection (ngx_http_special_response_handler).
 _CLOSE_AFTER = frozenset((400, 413, 414, 494, 495, 496, 497, 500, 501))
 _NO_BODY = frozenset((204, 304))
@@ -80,14 +80,14 @@ def _status_text(status: int) -> str:
 _LAST_MODIFIED: dict[float, str] = {}
 
 
-def _last_modified_line(t: float) -> str:
+def _last_modified(t: float) -> str:
     # Files keep their mtime for many requests: format each one once (bounded).
-    line = _LAST_MODIFIED.get(t)
-    if line is None:
+    text = _LAST_MODIFIED.get(t)
+    if text is None:
         if len(_LAST_MODIFIED) > 4096:
             _LAST_MODIFIED.clear()
-        line = _LAST_MODIFIED[t] = f"Last-Modified: {http_date(t)}\r\n"
-    return line
+        text = _LAST_MODIFIED[t] = http_date(t)
+    return text
 
 
 DATE = _DateCache()
@@ -206,7 +206,8 @@ class Request:
     def log_context(self) -> str:
         c = self.conn
         text = f", client: {c.remote_addr}, server: {self.srv.names[0]}"
-        text += f', request: "{self.request_line}"'
+        if self.request_line:  # none yet: an HTTP/2 head refused field by field
+            text += f', request: "{self.request_line}"'
         up = self.upstream
         if up is not None and getattr(up, "current", None):
             text += f', upstream: "{up.current}"'
@@ -471,14 +472,11 @@ class Request:
             body = b""
         else:
             out.content_length = len(body)
-        head = self.build_head()
         if self.method == "HEAD" or status in _NO_BODY:
-            data = head
+            body = b""
         else:
-            data = head + body
             self.body_sent = len(body)
-        self.bytes_sent = len(data)
-        self.conn.write(data)
+        self.bytes_sent = self._write_head(body, last=True)
         self.finish()
 
     def send_head(self) -> None:
@@ -487,7 +485,7 @@ class Request:
         out = self.out
         if (
             out.content_length is None
-            and self.version >= (1, 1)
+            and (1, 1) <= self.version < (2, 0)
             and self.status not in _NO_BODY
             and self.status >= 200
             and self.method != "HEAD"
@@ -498,9 +496,22 @@ class Request:
                 self.keepalive = False
         elif out.content_length is None and self.method != "HEAD":
             self.keepalive = False
-        head = self.build_head()
-        self.bytes_sent += len(head)
-        self.conn.write(head)
+        last = self.method == "HEAD" or self.status in _NO_BODY
+        self.bytes_sent += self._write_head(b"", last=last)
+
+    def _write_head(self, body: bytes, last: bool) -> int:
+        """The head (and `body` after it) in the connection's protocol; bytes written.
+        An HTTP/2 stream takes the header fields (a HEADERS frame; `last`: nothing follows),
+        an HTTP/1 connection the head bytes."""
+        send_fields = getattr(self.conn, "send_fields", None)
+        if send_fields is not None:
+            fields = self.head_fields()
+            return send_fields(self.status, fields, body, last)  # type: ignore[no-any-return]
+        data = self.build_head()
+        if body:
+            data += body
+        self.conn.write(data)
+        return len(data)
 
     def send_body(self, data: bytes) -> None:
         if self.method == "HEAD" or not data:
@@ -522,7 +533,26 @@ class Request:
         self.conn.close_request(self)
 
     def build_head(self) -> bytes:
-        """nginx's header filter chain, in its order, into the head bytes."""
+        """The HTTP/1 head bytes: status line, head_fields, blank line (none for HTTP/0.9)."""
+        if self.version < (1, 0):
+            self.header_sent = True
+            if self.err_status:
+                self.status = self.err_status
+            return b""
+        fields = self.head_fields()
+        status = self.status
+        parts = [_STATUS_LINES.get(status) or _status_text(status)]
+        for name, value in fields:
+            parts.append(f"{name}: {value}\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1", "replace")
+
+    def head_fields(self) -> list[tuple[str, str]]:
+        """nginx's header filter chain, in its order: the response's (name, value) fields.
+
+        HTTP/1 serialises them (build_head); an HTTP/2 stream sends them as HEADERS, without
+        the connection-specific fields.
+        """
         self.header_sent = True
         out = self.out
         if self.err_status:
@@ -532,8 +562,6 @@ class Request:
             # nginx's own 494-497 go out (and are logged) as 400.
             status = self.status = SENT_AS[status]
         loc = self.loc
-        if self.version < (1, 0):
-            return b""
         if status == 204:
             # ngx_http_header_filter: a 204 has no entity headers.
             out.content_type = None
@@ -545,58 +573,57 @@ class Request:
             # full URL stays in the headers list, after Connection (nginx's order).
             location_first = out.location.startswith("/") and loc.absolute_redirect
             self._absolute_location()
-        parts = [
-            _STATUS_LINES.get(status) or _status_text(status),
-            SERVER_OFF if loc.server_tokens == "off" else SERVER_ON,
-            DATE.line(),
-        ]
+        fields = [SERVER_OFF if loc.server_tokens == "off" else SERVER_ON, ("Date", DATE.now())]
         if out.content_type is not None:
             if out.charset:
-                parts.append(f"Content-Type: {out.content_type}; charset={out.charset}\r\n")
+                fields.append(("Content-Type", f"{out.content_type}; charset={out.charset}"))
             else:
-                parts.append(f"Content-Type: {out.content_type}\r\n")
+                fields.append(("Content-Type", out.content_type))
         if out.content_length is not None:
-            parts.append(f"Content-Length: {out.content_length}\r\n")
+            fields.append(("Content-Length", str(out.content_length)))
         if out.last_modified is not None and status in (200, 206, 304):
-            parts.append(_last_modified_line(out.last_modified))
+            fields.append(("Last-Modified", _last_modified(out.last_modified)))
         if out.location is not None and location_first:
-            parts.append(f"Location: {out.location}\r\n")
-        if self.chunked:
-            parts.append("Transfer-Encoding: chunked\r\n")
-        if self.upgrade_status(status):
-            parts.append("Connection: upgrade\r\n")
-        elif self.keepalive:
-            parts.append("Connection: keep-alive\r\n")
-            if loc.keepalive_header:
-                parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
-        else:
-            parts.append("Connection: close\r\n")
+            fields.append(("Location", out.location))
+        if self.version < (2, 0):
+            if self.chunked:
+                fields.append(("Transfer-Encoding", "chunked"))
+            if self.upgrade_status(status):
+                fields.append(("Connection", "upgrade"))
+            elif self.keepalive:
+                fields.append(("Connection", "keep-alive"))
+                if loc.keepalive_header:
+                    fields.append(("Keep-Alive", f"timeout={int(loc.keepalive_header)}"))
+            else:
+                fields.append(("Connection", "close"))
         if out.location is not None and not location_first:
-            parts.append(f"Location: {out.location}\r\n")
+            fields.append(("Location", out.location))
         if out.etag is not None:
-            parts.append(f"ETag: {out.etag}\r\n")
-        for name, value in out.headers:
-            parts.append(f"{name}: {value}\r\n")
-        self._add_headers(parts, status)
+            fields.append(("ETag", out.etag))
+        fields.extend(out.headers)
+        self._add_headers(fields, status)
         if out.accept_ranges and status == 200:
-            parts.append("Accept-Ranges: bytes\r\n")
-        parts.append("\r\n")
-        return "".join(parts).encode("latin-1", "replace")
+            fields.append(("Accept-Ranges", "bytes"))
+        return fields
 
     def upgrade_status(self, status: int) -> bool:
         return status == 101
 
-    def _add_headers(self, parts: list[str], status: int) -> None:
+    def _add_headers(self, fields: list[tuple[str, str]], status: int) -> None:
         loc = self.loc
         ok = status in (200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
         expires = loc.expires
         if expires is not None and ok:
-            expires_headers(self, expires, parts)
+            lines: list[str] = []
+            expires_headers(self, expires, lines)  # "Name: value\r\n" lines
+            for line in lines:
+                name, _, value = line.rstrip("\r\n").partition(": ")
+                fields.append((name, value))
         for name, value, always in loc.add_headers:
             if ok or always:
                 v = value(self)
                 if v:
-                    parts.append(f"{name}: {v}\r\n")
+                    fields.append((name, v))
 
     def _absolute_location(self) -> None:
         out = self.out
