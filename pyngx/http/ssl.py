@@ -707,7 +707,7 @@ def finish(http: Context, conf: Any) -> None:
     for server in conf.servers:
         sctx = server.ctx
         settings, verify, reject = _settings(sctx)
-        h2 = h2_available() and bool(sctx.get("http2", False))
+        h2 = h2_available() and bool(sctx.get("h2_enable", False))
         tls = ServerTls(verify, reject, h2, settings)
         if settings is not None:
             # Loaded for every server that has certificates, as nginx loads them, so that a
