@@ -62,6 +62,9 @@ class ResponseHead:
         "location",
         "charset",
         "accept_ranges",
+        "status_line",
+        "no_server",
+        "no_date",
     )
 
     def __init__(self) -> None:
@@ -73,6 +76,11 @@ class ResponseHead:
         self.location: str | None = None
         self.charset: str | None = None
         self.accept_ranges = False
+        # A proxied response: the upstream's status line (after "HTTP/1.x "), and whether
+        # its Server/Date were passed (proxy_pass_header), so none of ours is added.
+        self.status_line: str | None = None
+        self.no_server = False
+        self.no_date = False
 
 
 class Request:
@@ -116,6 +124,8 @@ class Request:
         "limit_state",
         "extra",
         "err_status",
+        "valid_location",
+        "valid_unparsed_uri",
     )
 
     def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
@@ -145,6 +155,11 @@ class Request:
         self.limit_state: Any = None
         self.extra: dict[str, Any] | None = None
         self.err_status = 0
+        # nginx's r->valid_location / r->valid_unparsed_uri (what proxy_pass sends): cleared
+        # when the URI is changed without a new location search (`rewrite ... break`) or at
+        # all (any rewrite, `set $args`, an internal redirect).
+        self.valid_location = True
+        self.valid_unparsed_uri = True
 
     # -- logging --------------------------------------------------------------------------
 
@@ -187,10 +202,13 @@ class Request:
     def _phases(self, *, server_rewrite: bool, find: bool = True) -> None:
         if server_rewrite and self.srv.script is not None:
             self.loc = self.srv.conf
+            before = self.uri, self.args
             st = self.srv.script.run(self)
             if st is not None:
                 self.finalize(st)
                 return
+            if (self.uri, self.args) != before:
+                self.valid_unparsed_uri = False
         while True:
             if find:
                 st = self._find_location()
@@ -201,10 +219,15 @@ class Request:
             script = self.loc.script
             if script is not None:
                 self.uri_changed = False
+                before = self.uri, self.args
                 st = script.run(self)
                 if st is not None:
                     self.finalize(st)
                     return
+                if (self.uri, self.args) != before:
+                    self.valid_unparsed_uri = False
+                    if self.uri != before[0] and not self.uri_changed:
+                        self.valid_location = False  # rewrite ... break
                 if self.uri_changed:
                     self.uri_changed = False
                     self.uri_changes -= 1
@@ -308,6 +331,8 @@ class Request:
         if args is not None:
             self.args = args
         self.internal = True
+        self.valid_location = True
+        self.valid_unparsed_uri = False
         self.variables = dict(self.variables)
         self.captures = None
         self.out = ResponseHead()
@@ -443,17 +468,22 @@ class Request:
         out = self.out
         if self.err_status:
             self.status = self.err_status
+            out.status_line = None
         status = self.status
         loc = self.loc
         if self.version < (1, 0):
             return b""
         if status in _REDIRECTS or (out.location is not None and status >= 300):
             self._absolute_location()
-        line = STATUS_LINES.get(status)
-        parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
-        tokens = loc.server_tokens
-        parts.append(SERVER_OFF if tokens == "off" else SERVER_ON)
-        parts.append(f"Date: {DATE.now()}\r\n")
+        if out.status_line is not None:
+            parts = [f"HTTP/1.1 {out.status_line}\r\n"]
+        else:
+            line = STATUS_LINES.get(status)
+            parts = [f"HTTP/1.1 {line.decode() if line else f'{status} '}\r\n"]
+        if not out.no_server:
+            parts.append(SERVER_OFF if loc.server_tokens == "off" else SERVER_ON)
+        if not out.no_date:
+            parts.append(f"Date: {DATE.now()}\r\n")
         if out.content_type is not None:
             if out.charset:
                 parts.append(f"Content-Type: {out.content_type}; charset={out.charset}\r\n")
