@@ -24,15 +24,20 @@ WebSocket frames (text or binary) until a close frame or EOF.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote
+
+import pytest
 
 _UNIT = bytes(range(251))
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -75,6 +80,7 @@ class HttpBackend:
     routes: dict[str, bytes] = field(default_factory=dict)
     connections: int = 0
     open_connections: int = 0
+    responses_done: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -128,6 +134,10 @@ class HttpBackend:
     def wait_idle(self, timeout: float = 5.0) -> None:
         with self._lock:
             self._lock.wait_for(lambda: self.open_connections == 0, timeout)
+
+    def wait_responses(self, n: int, timeout: float = 5.0) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self.responses_done >= n, timeout)
 
     def clear(self) -> None:
         with self._lock:
@@ -214,6 +224,9 @@ class HttpBackend:
                     self.requests.append(rec)
                     self._lock.notify_all()
                 keep = self._respond(sock, rec, lower)
+                with self._lock:
+                    self.responses_done += 1
+                    self._lock.notify_all()
                 if not keep:
                     return
                 if buf and lower.get("upgrade"):
@@ -463,8 +476,124 @@ def unquote_target(target: str) -> str:
     return unquote(target)
 
 
+class Response:
+    """One response read off a client socket."""
+
+    def __init__(self, status: int, status_line: str, headers: list[tuple[str, str]], body: bytes,
+                 raw_head: bytes) -> None:
+        self.status = status
+        self.status_line = status_line
+        self.headers = headers
+        self.body = body
+        self.raw_head = raw_head
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+    def header_names(self) -> list[str]:
+        return [n for n, _ in self.headers]
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_line!r} {len(self.body)} bytes>"
+
+
+class ClientReader:
+    """Reads successive responses from one client connection (keepalive, pipelining)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read(self, head_only: bool = False) -> Response:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                raise EOFError(f"connection closed before a response head: {self.buf!r}")
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status_line = lines[0]
+        status = int(status_line.split(" ")[1])
+        headers = []
+        for line in lines[1:]:
+            n, _, v = line.partition(":")
+            headers.append((n, v.strip()))
+        low = {n.lower(): v for n, v in headers}
+        if head_only or status in (101, 204, 304) or 100 <= status < 200:
+            return Response(status, status_line, headers, b"", head)
+        if "chunked" in low.get("transfer-encoding", "").lower():
+            body = bytearray()
+            while True:
+                while b"\r\n" not in self.buf:
+                    if not self._more():
+                        raise EOFError("connection closed inside a chunked body")
+                size_line, _, self.buf = self.buf.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    if not self._more():
+                        raise EOFError("connection closed inside a chunk")
+                if size == 0:
+                    self.buf = self.buf[2:]
+                    break
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2 :]
+            return Response(status, status_line, headers, bytes(body), head)
+        if "content-length" in low:
+            n = int(low["content-length"])
+            while len(self.buf) < n:
+                if not self._more():
+                    raise EOFError(f"connection closed after {len(self.buf)} of {n} bytes")
+            body, self.buf = self.buf[:n], self.buf[n:]
+            return Response(status, status_line, headers, bytes(body), head)
+        while self._more():
+            pass
+        body, self.buf = self.buf, b""
+        return Response(status, status_line, headers, body, head)
+
+
+def http_get(
+    port: int,
+    target: str = "/",
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+    host: str = "127.0.0.1",
+    version: str = "HTTP/1.1",
+    timeout: float = 10.0,
+    head_only: bool = False,
+) -> Response:
+    """One request on a new connection (`Connection: close`), its response."""
+    hdrs = [("Host", "localhost")] if headers is None else list(headers)
+    if not any(n.lower() == "connection" for n, _ in hdrs):
+        hdrs.append(("Connection", "close"))
+    if body is not None and not any(
+        n.lower() in ("content-length", "transfer-encoding") for n, _ in hdrs
+    ):
+        hdrs.append(("Content-Length", str(len(body))))
+    raw = f"{method} {target} {version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in hdrs)
+    data = raw.encode("latin-1") + b"\r\n" + (body or b"")
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return ClientReader(sock).read(head_only=head_only or method == "HEAD")
+
+
 __all__ = [
+    "ClientReader",
     "HttpBackend",
+    "Response",
+    "http_get",
     "Recorded",
     "parse_response",
     "pattern",
@@ -472,3 +601,19 @@ __all__ = [
     "ws_client_handshake",
     "ws_frame",
 ]
+
+
+@pytest.fixture
+def origin() -> Iterator[Callable[..., HttpBackend]]:
+    """Factory: origin(**kwargs) -> a running HttpBackend (closed at teardown)."""
+    made: list[HttpBackend] = []
+
+    def make(**kwargs: Any) -> HttpBackend:
+        b = HttpBackend(**kwargs)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        with contextlib.suppress(OSError):
+            b.close()

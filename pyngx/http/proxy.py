@@ -853,11 +853,8 @@ def handler(r: Any) -> int | None:
         extra["proxy_body_length"] = len(body_value)
     elif conf.pass_request_body and has_body:
         ex.body = []
-    if streaming:
-        if framing.chunked:
-            extra["proxy_chunked"] = True
-        else:
-            extra["proxy_body_length"] = framing.content_length
+    if streaming and not framing.chunked:
+        extra["proxy_body_length"] = framing.content_length
     if not has_body:
         if body_value is None and framing is not None and framing.content_length == 0:
             extra["proxy_body_length"] = 0
@@ -866,10 +863,18 @@ def handler(r: Any) -> int | None:
         return DONE
     if streaming:
         ex.body_done = False
-        ex.head_bytes = build_head(r, conf, method, uri)
         r.conn.read_body(ex.body_piece, r.loc.client_max_body_size)
-        if not r.done:
-            ex.start()
+        if r.done:
+            return DONE
+        if framing.chunked:
+            if ex.body_done:
+                # All of it came with the head: nginx sends it with its length.
+                extra["proxy_body_length"] = sum(len(p) for p in ex.body or ())
+            else:
+                extra["proxy_chunked"] = True
+                ex.chunk_body = True
+        ex.head_bytes = build_head(r, conf, method, uri)
+        ex.start()
         return DONE
     # proxy_request_buffering on: the whole body first, then the upstream.
     ex.body_done = False

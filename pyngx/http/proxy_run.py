@@ -151,6 +151,7 @@ class Exchange:
         "tunnel",
         "sent",
         "close_after",
+        "chunk_body",
     )
 
     def __init__(self, r: Request, conf: ProxyConf, target: Target, uri: str) -> None:
@@ -195,6 +196,7 @@ class Exchange:
         self.tunnel: Any = None
         self.sent = 0
         self.close_after = True
+        self.chunk_body = False  # the streamed body goes chunked (to an HTTP/1.1 upstream)
 
     # -- start --------------------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class Exchange:
         group = self.target.group
         if peer is None:
             st.peer = group.name
-            self.current = ""
+            self.current = f"{self.target.schema}{group.name}{self.uri}"
             self.log(ERROR, "no live upstreams")
             self.next(FT_NOLIVE)
             return
@@ -433,7 +435,7 @@ class Exchange:
     def _write_body_pieces(self, pieces: list[bytes]) -> None:
         conn = self.conn
         assert conn is not None
-        chunked = self.conf.http11 and self.r.framing is not None and self.r.framing.chunked
+        chunked = self.chunk_body
         for piece in pieces:
             if chunked:
                 conn.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -446,7 +448,7 @@ class Exchange:
     def _end_streamed_body(self) -> None:
         conn = self.conn
         assert conn is not None
-        if self.conf.http11 and self.r.framing is not None and self.r.framing.chunked:
+        if self.chunk_body:
             conn.write(b"0\r\n\r\n")
 
     # -- the upstream connection's callbacks ------------------------------------------------------
@@ -574,15 +576,14 @@ class Exchange:
         st = self.state
         assert st is not None
         st.status = status
+        self.headers_in = head.headers
         if status >= 300:
             ft = FT_BY_STATUS.get(status)
             if ft is not None and self._test_next(ft):
                 return
             if conf.intercept_errors and status in r.loc.error_pages:
-                self.headers_in = head.headers
                 self._intercept(head, data)
                 return
-        self.headers_in = head.headers
         self.close_after = head.close
         rest = data[head.size :] if len(data) > head.size else b""
         # Body framing (ngx_http_proxy_input_filter_init).
@@ -1059,7 +1060,7 @@ class Exchange:
     def tunnel_closed(self, status: int, message: str | None) -> None:
         """The tunnel ended: finalize like ngx_http_upstream_finalize_request(r, u, 0)."""
         if message:
-            self.log(ERROR if status == 504 else INFO, message, "proxying upgraded connection")
+            self.log(INFO, message, "proxying upgraded connection")
         st = self.state
         if st is not None and st.response < 0:
             st.response = self.loop.time() - st.start
@@ -1149,9 +1150,9 @@ class Exchange:
 # Upstream headers the proxy handles itself and never passes as they are.
 _NEVER_PASSED = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
 # ngx_http_upstream_headers_in entries with `redirect` set: kept on X-Accel-Redirect.
+# (Content-Type too in nginx, where it only sets a field the new handler sets again.)
 _REDIRECT_KEEP = frozenset(
     (
-        "content-type",
         "set-cookie",
         "content-disposition",
         "cache-control",

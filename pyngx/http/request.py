@@ -335,7 +335,7 @@ class Request:
         self.valid_unparsed_uri = False
         self.variables = dict(self.variables)
         self.captures = None
-        self.out = ResponseHead()
+        self._fresh_head()
         self._phases(server_rewrite=True)
 
     def named_redirect(self, name: str) -> None:
@@ -354,8 +354,15 @@ class Request:
             return
         self.internal = True
         self.loc = conf
-        self.out = ResponseHead()
+        self._fresh_head()
         self._phases(server_rewrite=False, find=False)
+
+    def _fresh_head(self) -> None:
+        # nginx keeps r->headers_out's list across redirects: an intercepted 401's
+        # WWW-Authenticate reaches the error page's response (ngx_http_upstream_intercept_errors).
+        headers = self.out.headers
+        self.out = ResponseHead()
+        self.out.headers = headers
 
     # -- finalize / special responses ------------------------------------------------------
 
