@@ -81,6 +81,7 @@ class HttpBackend:
     connections: int = 0
     open_connections: int = 0
     responses_done: int = 0
+    heads_seen: int = 0  # request heads parsed (before their bodies are read)
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -135,6 +136,10 @@ class HttpBackend:
         with self._lock:
             self._lock.wait_for(lambda: self.open_connections == 0, timeout)
 
+    def wait_heads(self, n: int, timeout: float = 5.0) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self.heads_seen >= n, timeout)
+
     def wait_responses(self, n: int, timeout: float = 5.0) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: self.responses_done >= n, timeout)
@@ -176,6 +181,9 @@ class HttpBackend:
                     name, _, value = line.partition(":")
                     headers.append((name, value.strip()))
                 rec = Recorded(method, target, version, headers, conn=index)
+                with self._lock:
+                    self.heads_seen += 1
+                    self._lock.notify_all()
                 lower = {n.lower(): v for n, v in headers}
                 digest = hashlib.sha256()
                 kept = bytearray()
