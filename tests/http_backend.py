@@ -78,10 +78,12 @@ class HttpBackend:
     keep_body: int = 1 << 20  # bodies up to this size are kept in Recorded.body
     requests: list[Recorded] = field(default_factory=list)
     routes: dict[str, bytes] = field(default_factory=dict)
+    tls: Any = None  # an ssl.SSLContext (server side): the origin speaks HTTPS
     connections: int = 0
     open_connections: int = 0
     responses_done: int = 0
     heads_seen: int = 0  # request heads parsed (before their bodies are read)
+    tls_info: list[dict[str, Any]] = field(default_factory=list)  # per TLS connection
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -98,6 +100,8 @@ class HttpBackend:
             self._listener.bind((self.host, self.port))
             self.port = self._listener.getsockname()[1]
         self._listener.listen(512)
+        if self.tls is not None:
+            self.tls.sni_callback = _record_sni
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -167,6 +171,22 @@ class HttpBackend:
     def _serve(self, sock: socket.socket, index: int) -> None:
         buf = b""
         try:
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True)
+                except (OSError, ValueError):
+                    with self._lock:
+                        self.tls_info.append({"failed": True})
+                    return
+                with self._lock:
+                    self.tls_info.append(
+                        {
+                            "failed": False,
+                            "sni": getattr(sock, "sni_seen", None),
+                            "reused": sock.session_reused,
+                            "peer_cert": sock.getpeercert(),
+                        }
+                    )
             while True:
                 while b"\r\n\r\n" not in buf:
                     data = sock.recv(65536)
@@ -362,6 +382,10 @@ class HttpBackend:
                 sock.sendall(ws_frame(10, payload, mask=False))
                 continue
             sock.sendall(ws_frame(opcode, payload, mask=False))
+
+
+def _record_sni(obj: Any, name: str | None, ctx: Any) -> None:
+    obj.sni_seen = name
 
 
 class _Reader:

@@ -36,8 +36,8 @@ from pyngx.conf.regex import compile_pcre
 from pyngx.conf.registry import (
     ONEMORE,
     TAKE1,
-    TAKE12,
     TAKE2,
+    TAKE12,
     TAKE1234,
     Context,
     Registry,

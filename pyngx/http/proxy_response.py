@@ -102,7 +102,7 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
             line = line[:-1]
         if line.startswith("HTTP/"):
             continue  # IIS may repeat its status line; nginx skips it
-        name, colon, value = line.partition(":")
+        name, _colon, value = line.partition(":")
         bad = _BAD_NAME.search(name)
         if bad is not None:
             raise BadHead(
@@ -121,12 +121,10 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
         low = name.lower()
         if low == "content-length":
             head.content_length = int(value) if value.isdigit() else None
-        elif low == "transfer-encoding":
-            if "chunked" in value.lower():
-                head.chunked = True
-        elif low == "connection":
-            if "close" in value.lower():
-                head.close = True
+        elif low == "transfer-encoding" and "chunked" in value.lower():
+            head.chunked = True  # 1.22: any mention of "chunked" (ngx_strlcasestrn)
+        elif low == "connection" and "close" in value.lower():
+            head.close = True
     if head.chunked:
         head.content_length = None
     return head

@@ -38,7 +38,7 @@ from pyngx.http.proxy_response import (
     set_cookie_value,
 )
 from pyngx.http.request import DONE
-from pyngx.http.upstream_pool import UpstreamConn
+from pyngx.http.upstream_pool import UP_HIGH_WATER, UP_LOW_WATER, UpstreamConn
 
 if TYPE_CHECKING:
     from pyngx.http.proxy import ProxyConf, Target
@@ -267,6 +267,13 @@ class Exchange:
     async def _open(self, addr: Any) -> None:
         loop = self.loop
         conf = self.conf
+        ssl_conf = conf.ssl
+        if self.target.ssl and ssl_conf is not None and ssl_conf.session_reuse:
+            from pyngx.stream import tls
+
+            # Set before connecting: uvloop runs the TLS object's creation in the context
+            # the transport was created in (tls._ClientContext reads the session from it).
+            tls.NEXT_SESSION.set(ssl_conf.sessions.get(self.state.peer or ""))
         phase = "connect"
         conn: UpstreamConn | None = None
         try:
@@ -281,9 +288,8 @@ class Exchange:
                     factory, addr.address[0], addr.address[1], local_addr=local
                 )
                 sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    if conf.socket_keepalive:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if sock is not None and conf.socket_keepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.target.ssl:
                 phase = "handshake"
                 conn = await self._handshake(conn, transport)
@@ -295,7 +301,9 @@ class Exchange:
             self.connect_task = None
             if phase == "connect":
                 code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-                self._connect_failed(f"connect() failed {_strerror(code)}", "connecting to upstream")
+                self._connect_failed(
+                    f"connect() failed {_strerror(code)}", "connecting to upstream"
+                )
             else:
                 from pyngx.stream.session import _upstream_tls_error
 
@@ -327,17 +335,12 @@ class Exchange:
         return name.partition(":")[0]
 
     async def _handshake(self, conn: UpstreamConn, transport: asyncio.Transport) -> UpstreamConn:
-        from pyngx.stream import tls
-
         ssl_conf = self.conf.ssl
         assert ssl_conf is not None
         name = self._ssl_name() or None
         # Python's ssl sends no SNI for a literal address (RFC 6066), as nginx does not; with
         # proxy_ssl_verify the name must be given for the check, so SNI goes with it.
         sni = name.strip("[]") if name and (ssl_conf.server_name or ssl_conf.verify) else None
-        key = self.state.peer if self.state is not None else ""
-        if ssl_conf.session_reuse:
-            tls.NEXT_SESSION.set(ssl_conf.sessions.get(key or ""))
         new = await self.loop.start_tls(
             transport, conn, ssl_conf.ctx, server_hostname=sni,
             ssl_handshake_timeout=self.conf.connect_timeout + 1,
@@ -345,12 +348,22 @@ class Exchange:
         if new is None:
             raise ConnectionResetError(errno.ECONNRESET, "handshake failed")
         conn.transport = new  # type: ignore[assignment]
+        new.set_write_buffer_limits(UP_HIGH_WATER, UP_LOW_WATER)
         conn.ssl = True
-        if ssl_conf.session_reuse:
-            obj = new.get_extra_info("ssl_object")
-            if obj is not None and obj.session is not None:
-                ssl_conf.sessions[key or ""] = obj.session
+        self._save_session(conn)
         return conn
+
+    def _save_session(self, conn: UpstreamConn) -> None:
+        """proxy_ssl_session_reuse: keep the peer's session for the next handshake. With TLS
+        1.3 the ticket comes after the handshake, so this runs again when a response is in
+        (nginx saves from OpenSSL's new-session callback)."""
+        ssl_conf = self.conf.ssl
+        if ssl_conf is None or not ssl_conf.session_reuse or self.state is None:
+            return
+        obj = conn.transport.get_extra_info("ssl_object")
+        session = obj.session if obj is not None else None
+        if session is not None and (session.has_ticket or obj.version() != "TLSv1.3"):
+            ssl_conf.sessions[self.state.peer or ""] = session
 
     def _connect_timed_out(self) -> None:
         self.connect_timer = None
@@ -836,9 +849,9 @@ class Exchange:
         r.send_body(data)
         client = r.conn
         if client.writing_paused and not self.paused:
-            if self.buffering:
-                if client.transport.get_write_buffer_size() < self.conf.readahead:
-                    return
+            # Buffering reads ahead (into the client transport's buffer) up to `readahead`.
+            if self.buffering and client.transport.get_write_buffer_size() < self.conf.readahead:
+                return
             conn = self.conn
             if conn is None:
                 return
@@ -876,6 +889,8 @@ class Exchange:
             if st is not None:
                 st.sent = conn.sent
             conn.owner = None
+            if conn.ssl:
+                self._save_session(conn)
             if self.paused:
                 conn.transport.resume_reading()
                 self.paused = False

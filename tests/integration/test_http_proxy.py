@@ -58,9 +58,8 @@ def test_uri_part_replaces_location_prefix(
     pyngx: ServerFactory, origin: Origin, location: str, proxy: str, target: str, expected: str
 ) -> None:
     b = origin()
-    _, port = start(
-        pyngx, f"server {{ LISTEN; location {location} {{ proxy_pass http://{b.address}{proxy}; }} }}"
-    )
+    loc = f"location {location} {{ proxy_pass http://{b.address}{proxy}; }}"
+    _, port = start(pyngx, f"server {{ LISTEN; {loc} }}")
     r = http_get(port, target)
     assert r.status == 200
     assert r.json()["uri"] == expected
@@ -350,8 +349,10 @@ def test_x_accel_redirect(pyngx: ServerFactory, origin: Origin) -> None:
         f"  location /internal/ {{ internal; proxy_pass http://{b.address}/landed/; }}\n"
         "}",
     )
-    r = http_get(port, "/front?h=X-Accel-Redirect:/internal/file%3Fq%3D1&h=X-Other:1", method="POST",
-                 body=b"x")
+    r = http_get(
+        port, "/front?h=X-Accel-Redirect:/internal/file%3Fq%3D1&h=X-Other:1", method="POST",
+        body=b"x",
+    )
     assert r.status == 200
     echo = r.json()
     assert echo["uri"] == "/landed/file?q=1"

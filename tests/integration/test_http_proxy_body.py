@@ -103,7 +103,10 @@ def test_streamed_chunked_body_to_http11_upstream(pyngx: ServerFactory, origin: 
     port = start(pyngx, server_conf(b, "proxy_request_buffering off;"))
     body = pattern(6 * MIB + 11)
     data = chunked(body)
-    head = b"POST /v11/up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = (
+        b"POST /v11/up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(head + data[:200_000])
         assert b.wait_heads(1, timeout=2)

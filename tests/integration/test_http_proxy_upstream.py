@@ -253,7 +253,8 @@ def test_next_upstream_on_status_and_non_idempotent(pyngx: ServerFactory, origin
         f"upstream g {{ server {a.address} max_fails=0; server {b.address} max_fails=0; }}\n"
         "server { LISTEN;\n"
         "  location /s/ { proxy_pass http://g; proxy_next_upstream error http_503; }\n"
-        "  location /p/ { proxy_pass http://g; proxy_next_upstream error http_503 non_idempotent; }\n"
+        "  location /p/ { proxy_pass http://g;\n"
+        "     proxy_next_upstream error http_503 non_idempotent; }\n"
         "}",
     )
     # Both answer 503: the second try's answer is passed on (tries exhausted).
