@@ -417,8 +417,8 @@ def ws_frame(opcode: int, payload: bytes, *, mask: bool = True) -> bytes:
     if not mask:
         return head + payload
     key = b"\x12\x34\x56\x78"
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask(
-        payload, key
+    masked = (
+        bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask(payload, key)
     )
     return head + key + masked
 
@@ -511,8 +511,14 @@ def unquote_target(target: str) -> str:
 class Response:
     """One response read off a client socket."""
 
-    def __init__(self, status: int, status_line: str, headers: list[tuple[str, str]], body: bytes,
-                 raw_head: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        status_line: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        raw_head: bytes,
+    ) -> None:
         self.status = status
         self.status_line = status_line
         self.headers = headers

@@ -87,8 +87,16 @@ DEFAULT_HEADERS = (
     ("Upgrade", ""),
 )
 # ngx_http_proxy_hide_headers.
-DEFAULT_HIDE = ("date", "server", "x-pad", "x-accel-expires", "x-accel-redirect",
-                "x-accel-limit-rate", "x-accel-buffering", "x-accel-charset")
+DEFAULT_HIDE = (
+    "date",
+    "server",
+    "x-pad",
+    "x-accel-expires",
+    "x-accel-redirect",
+    "x-accel-limit-rate",
+    "x-accel-buffering",
+    "x-accel-charset",
+)
 NEXT_UPSTREAM = {
     "error": FT_ERROR,
     "timeout": FT_TIMEOUT,
@@ -226,8 +234,7 @@ def _proxy_redirect(ctx: Context, node: Node) -> None:
         pp = ctx.slots.get("proxy_pass")
         if pp is not None and pp[0] == "var":
             raise node.error(
-                '"proxy_redirect default" cannot be used with "proxy_pass" directive with '
-                "variables"
+                '"proxy_redirect default" cannot be used with "proxy_pass" directive with variables'
             )
         if pp is None:
             raise node.error(
@@ -449,8 +456,14 @@ def configure(ctx: Context, loc: LocationConf) -> None:
     if kind == "url":
         group = groups.for_url(value, node)
         target = Target(
-            value.schema, value.ssl, group, value.host_header, value.port_text, value.uri,
-            value.unix, value.text,
+            value.schema,
+            value.ssl,
+            group,
+            value.host_header,
+            value.port_text,
+            value.uri,
+            value.unix,
+            value.text,
         )
     else:
         dynamic = compile_complex(value, table)
@@ -602,9 +615,7 @@ def _rule(pattern: str, replacement: str, table: VariableTable) -> RedirectRule:
         rx = compile_pcre(text, flags)
         return RedirectRule(None, rx, _with_captures(replacement, table, rx))
     plain = compile_complex(replacement, table)
-    return RedirectRule(
-        compile_complex(pattern, table), None, lambda r, m: plain(r)
-    )
+    return RedirectRule(compile_complex(pattern, table), None, lambda r, m: plain(r))
 
 
 def _with_captures(
@@ -889,7 +900,12 @@ class _BodyCollector:
     __slots__ = ("r", "conf", "ex", "method", "uri", "size", "set_body")
 
     def __init__(
-        self, r: Any, conf: ProxyConf, ex: Exchange, method: str, uri: bytes,
+        self,
+        r: Any,
+        conf: ProxyConf,
+        ex: Exchange,
+        method: str,
+        uri: bytes,
         set_body: bytes | None,
     ) -> None:
         self.r = r

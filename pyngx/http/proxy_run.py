@@ -99,8 +99,17 @@ def _strerror(code: int) -> str:
 class _State:
     """One try: nginx's ngx_http_upstream_state_t (times in seconds, -1 unknown)."""
 
-    __slots__ = ("peer", "status", "start", "connect", "header", "response", "length", "received",
-                 "sent")
+    __slots__ = (
+        "peer",
+        "status",
+        "start",
+        "connect",
+        "header",
+        "response",
+        "length",
+        "received",
+        "sent",
+    )
 
     def __init__(self, start: float) -> None:
         self.peer: str | None = None
@@ -277,6 +286,7 @@ class Exchange:
         phase = "connect"
         conn: UpstreamConn | None = None
         try:
+
             def factory() -> UpstreamConn:
                 return UpstreamConn(loop, addr)
 
@@ -342,7 +352,10 @@ class Exchange:
         # proxy_ssl_verify the name must be given for the check, so SNI goes with it.
         sni = name.strip("[]") if name and (ssl_conf.server_name or ssl_conf.verify) else None
         new = await self.loop.start_tls(
-            transport, conn, ssl_conf.ctx, server_hostname=sni,
+            transport,
+            conn,
+            ssl_conf.ctx,
+            server_hostname=sni,
             ssl_handshake_timeout=self.conf.connect_timeout + 1,
         )
         if new is None:

@@ -77,8 +77,16 @@ def parse_proxy_url(text: str) -> ProxyUrl:
         if not path:
             raise ProxyUrlError(f'no path in the unix domain socket in upstream "{rest}"')
         return ProxyUrl(
-            text, schema, default_port == 443, "unix:" + path, None, default_port,
-            uri if colon else "", True, "localhost", "",
+            text,
+            schema,
+            default_port == 443,
+            "unix:" + path,
+            None,
+            default_port,
+            uri if colon else "",
+            True,
+            "localhost",
+            "",
         )
     cut = len(rest)
     for ch in "/?":
@@ -99,8 +107,16 @@ def parse_proxy_url(text: str) -> ProxyUrl:
     else:
         host_header, port_text = hostport, hostport.rpartition(":")[2]
     return ProxyUrl(
-        text, schema, default_port == 443, host, port, default_port, uri, False,
-        host_header, port_text,
+        text,
+        schema,
+        default_port == 443,
+        host,
+        port,
+        default_port,
+        uri,
+        False,
+        host_header,
+        port_text,
     )
 
 
@@ -189,9 +205,7 @@ def literal_group(url: ProxyUrl) -> HttpGroup | None:
     """A one-address group for a literal address met at run time; None for names."""
     port = url.port if url.port is not None else url.default_port
     try:
-        parsed = parse_url(
-            url.host if url.unix else f"{url.host}:{port}", resolve=False
-        )
+        parsed = parse_url(url.host if url.unix else f"{url.host}:{port}", resolve=False)
     except UrlError:
         return None
     if not parsed.addrs:

@@ -174,7 +174,9 @@ def test_proxy_set_header_rules(pyngx: ServerFactory, origin: Origin) -> None:
     assert echo["version"] == "HTTP/1.1"
     # A level with any proxy_set_header replaces the inherited list entirely.
     assert echo["headers"] == [
-        ["Host", b.address], ["User-Agent", "ua"], ["X-Real-IP", "spoofed"],
+        ["Host", b.address],
+        ["User-Agent", "ua"],
+        ["X-Real-IP", "spoofed"],
     ]
 
 
@@ -241,14 +243,25 @@ def test_response_headers_hidden_and_passed(pyngx: ServerFactory, origin: Origin
     r = http_get(port, "/r")
     assert r.status_line == "HTTP/1.1 203 Not Quite"
     assert r.header_names() == [
-        "Server", "Date", "Content-Type", "Content-Length", "Connection", "X-Keep",
+        "Server",
+        "Date",
+        "Content-Type",
+        "Content-Length",
+        "Connection",
+        "X-Keep",
     ]
     assert r.header("Server").startswith("nginx")  # type: ignore[union-attr]
     assert r.header("Content-Type") == "text/x; charset=abc"
     assert r.body == b"ok"
     r = http_get(port, "/p/r")
     assert r.header_names() == [
-        "Date", "Content-Type", "Content-Length", "Connection", "Server", "X-Pad", "X-Keep",
+        "Date",
+        "Content-Type",
+        "Content-Length",
+        "Connection",
+        "Server",
+        "X-Pad",
+        "X-Keep",
         "X-Drop",
     ]
     assert r.header("Server") == "origin"
@@ -262,9 +275,17 @@ def test_response_headers_hidden_and_passed(pyngx: ServerFactory, origin: Origin
         ("proxy_redirect off;", "http://ORIGIN/x/y", "http://ORIGIN/x/y"),
         ("proxy_redirect http://ORIGIN/x/ /new/;", "http://ORIGIN/x/y", "http://front:PORT/new/y"),
         ("proxy_redirect http://ORIGIN/x/ https://other/;", "http://ORIGIN/x/y", "https://other/y"),
-        ("proxy_redirect ~^http://[^/]+/(\\w)/(.*)$ /$2/$1;", "http://ORIGIN/x/y", "http://front:PORT/y/x"),
+        (
+            "proxy_redirect ~^http://[^/]+/(\\w)/(.*)$ /$2/$1;",
+            "http://ORIGIN/x/y",
+            "http://front:PORT/y/x",
+        ),
         ("proxy_redirect ~*^HTTP://nomatch/ /;", "http://ORIGIN/x/y", "http://ORIGIN/x/y"),
-        ("proxy_redirect http://$proxy_host/ /via-var/;", "http://ORIGIN/z", "http://front:PORT/via-var/z"),
+        (
+            "proxy_redirect http://$proxy_host/ /via-var/;",
+            "http://ORIGIN/z",
+            "http://front:PORT/via-var/z",
+        ),
     ],
 )
 def test_proxy_redirect(
@@ -278,9 +299,7 @@ def test_proxy_redirect(
     value = location.replace("ORIGIN", b.address).replace("/", "%2F").replace(":", "%3A")
     r = http_get(port, f"/r?status=302&h=Location:{value}", headers=[("Host", "front")])
     assert r.status == 302
-    assert r.header("Location") == expected.replace("ORIGIN", b.address).replace(
-        "PORT", str(port)
-    )
+    assert r.header("Location") == expected.replace("ORIGIN", b.address).replace("PORT", str(port))
 
 
 def test_proxy_redirect_default_with_uri_part_and_refresh(
@@ -292,7 +311,8 @@ def test_proxy_redirect_default_with_uri_part_and_refresh(
     )
     loc = f"http%3A%2F%2F{b.address}%2Ftwo%2Fpage"
     r = http_get(
-        port, f"/one/r?status=301&h=Location:{loc}&h=Refresh:5%3B%20url%3D{loc}",
+        port,
+        f"/one/r?status=301&h=Location:{loc}&h=Refresh:5%3B%20url%3D{loc}",
         headers=[("Host", "front")],
     )
     assert r.header("Location") == f"http://front:{port}/one/page"
@@ -350,7 +370,9 @@ def test_x_accel_redirect(pyngx: ServerFactory, origin: Origin) -> None:
         "}",
     )
     r = http_get(
-        port, "/front?h=X-Accel-Redirect:/internal/file%3Fq%3D1&h=X-Other:1", method="POST",
+        port,
+        "/front?h=X-Accel-Redirect:/internal/file%3Fq%3D1&h=X-Other:1",
+        method="POST",
         body=b"x",
     )
     assert r.status == 200
@@ -451,7 +473,8 @@ def test_config_errors(pyngx: ServerFactory) -> None:
         ),
     }
     for body, message in cases.items():
-        server = pyngx(f"http {{ server {{ listen 127.0.0.1:{free_port()}; {body} }} }}",
-                       start=False)
+        server = pyngx(
+            f"http {{ server {{ listen 127.0.0.1:{free_port()}; {body} }} }}", start=False
+        )
         result = run_pyngx(["-t", "-p", str(server.prefix), "-c", str(server.conf_path)])
         assert message in result.stderr, (body, result.stderr)

@@ -67,16 +67,18 @@ def test_upload_buffered_chunked_goes_with_length(pyngx: ServerFactory, origin: 
     port = start(pyngx, server_conf(b))
     body = pattern(5 * MIB + 3)
     r = http_get(
-        port, "/up", method="POST", body=chunked(body),
-        headers=[("Host", "x"), ("Transfer-Encoding", "chunked")], timeout=30,
+        port,
+        "/up",
+        method="POST",
+        body=chunked(body),
+        headers=[("Host", "x"), ("Transfer-Encoding", "chunked")],
+        timeout=30,
     )
     echo = r.json()
     assert echo["body_sha256"] == sha(body)
     names = [h[0] for h in echo["headers"]]
     assert "Transfer-Encoding" not in names
     assert ["Content-Length", str(len(body))] in echo["headers"]
-
-
 
 
 @pytest.mark.parametrize("buffering", ["on", "off"])
@@ -86,10 +88,11 @@ def test_request_buffering_decides_when_upstream_sees_the_request(
     b = origin(keep_body=0)
     port = start(pyngx, server_conf(b, f"proxy_request_buffering {buffering};"))
     body = pattern(8 * MIB)
-    head = (b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(head + body[: MIB])
+        s.sendall(head + body[:MIB])
         seen = b.wait_heads(1, timeout=1.5)
         assert seen is (buffering == "off")
         s.sendall(body[MIB:])
@@ -131,8 +134,10 @@ def test_expect_continue(pyngx: ServerFactory, origin: Origin) -> None:
     b = origin()
     port = start(pyngx, server_conf(b))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
-                  b"Connection: close\r\n\r\n")
+        s.sendall(
+            b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\n\r\n"
+        )
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"data")
         echo = ClientReader(s).read().json()
@@ -195,8 +200,10 @@ def test_slow_client_and_the_upstream(
     size = 32 * MIB
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        s.sendall(f"GET /slow?size={size}{query} HTTP/1.1\r\nHost: x\r\n"
-                  "Connection: close\r\n\r\n".encode())
+        s.sendall(
+            f"GET /slow?size={size}{query} HTTP/1.1\r\nHost: x\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         done = b.wait_responses(1, timeout=3)
         assert done is not held
         r = ClientReader(s).read()
@@ -210,8 +217,9 @@ def test_unbuffered_response_streams_as_it_comes(pyngx: ServerFactory, origin: O
     port = start(pyngx, server_conf(b, "proxy_buffering off;"))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         t0 = time.monotonic()
-        s.sendall(b"GET /s?size=5000&piece=1000&slow=0.4 HTTP/1.1\r\nHost: x\r\n"
-                  b"Connection: close\r\n\r\n")
+        s.sendall(
+            b"GET /s?size=5000&piece=1000&slow=0.4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         first = s.recv(65536)
         while b"\r\n\r\n" not in first:
             first += s.recv(65536)

@@ -88,8 +88,7 @@ def test_verify_and_server_name(pyngx: ServerFactory, origin: Origin, pki: dict[
     assert b.tls_info[-1]["sni"] == "origin.test"
     assert http_get(port, "/wrongname/1").status == 502
     server.wait_for_log(
-        'upstream SSL certificate does not match "elsewhere.test" while SSL handshaking to '
-        "upstream"
+        'upstream SSL certificate does not match "elsewhere.test" while SSL handshaking to upstream'
     )
     assert http_get(port, "/untrusted/1").status == 502
     server.wait_for_log(r"upstream SSL certificate verify error: \(\d+:")

@@ -26,9 +26,7 @@ KA = 'proxy_http_version 1.1; proxy_set_header Connection "";'
 
 def start(pyngx: ServerFactory, http: str, **kw: object) -> tuple[ServerProcess, int]:
     port = free_port()
-    server = pyngx(
-        "http {\n" + http.replace("LISTEN", f"listen 127.0.0.1:{port}") + "\n}\n", **kw
-    )
+    server = pyngx("http {\n" + http.replace("LISTEN", f"listen 127.0.0.1:{port}") + "\n}\n", **kw)
     return server, port
 
 
@@ -281,9 +279,7 @@ def test_no_live_upstreams(pyngx: ServerFactory) -> None:
     )
     assert http_get(port, "/1").status == 502
     assert http_get(port, "/2").status == 502
-    server.wait_for_log(
-        'no live upstreams while connecting to upstream, .*upstream: "http://g/2"'
-    )
+    server.wait_for_log('no live upstreams while connecting to upstream, .*upstream: "http://g/2"')
 
 
 def test_connect_timeout(pyngx: ServerFactory, blackhole: int) -> None:
@@ -324,9 +320,7 @@ def test_read_timeout(pyngx: ServerFactory, origin: Origin) -> None:
         while chunk := s.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200 OK") and len(data.partition(b"\r\n\r\n")[2]) < 3000
-    server.wait_for_log(
-        r"upstream timed out \(110: Connection timed out\) while reading upstream"
-    )
+    server.wait_for_log(r"upstream timed out \(110: Connection timed out\) while reading upstream")
 
 
 def test_send_timeout(pyngx: ServerFactory, sink: int) -> None:
