@@ -61,6 +61,7 @@ from pyngx.http.proxy_run import (
     FT_OFF,
     FT_TIMEOUT,
     Exchange,
+    header_actions,
 )
 from pyngx.http.request import DONE
 from pyngx.http.upstream_groups import (
@@ -124,8 +125,8 @@ IGNORE_HEADERS = (
     "Vary",
 )
 
-# Plan items: a constant line (str), or (kind, name, value function).
-_VALUE, _BODY_LENGTH, _CHUNKED = range(3)
+# Plan items: (kind, name, value function); _CONST items carry a whole line as their name.
+_VALUE, _BODY_LENGTH, _CHUNKED, _CONST = range(4)
 
 
 @dataclass(slots=True, eq=False)
@@ -159,7 +160,8 @@ class ProxyConf:
     groups: Groups
     location: str  # the location prefix the URI part replaces ("" where nginx has none)
     method: Callable[[Any], str] | None
-    plan: tuple[Any, ...]
+    plan: tuple[Any, ...]  # after head_const: (kind, name, value function) items
+    head_const: str  # the leading constant header lines
     skip: frozenset[str]
     pass_request_headers: bool
     pass_request_body: bool
@@ -178,6 +180,7 @@ class ProxyConf:
     intercept_errors: bool
     ignore_client_abort: bool
     hide: frozenset[str]
+    actions: dict[str, int]  # the response head copy's table (proxy_run.header_actions)
     pass_server: bool
     pass_date: bool
     redirects: list[RedirectRule] | None
@@ -187,7 +190,7 @@ class ProxyConf:
     ssl: HttpProxySsl | None
     bind: tuple[str, int] | None
     socket_keepalive: bool
-    version_bytes: bytes = b" HTTP/1.0\r\n"
+    version_text: str = " HTTP/1.0\r\n"
 
 
 # -- directives ---------------------------------------------------------------------------
@@ -500,6 +503,11 @@ def _build_conf(
     max_temp = get("proxy_max_temp_file_size", 1024 * 1024 * 1024)
     readahead = bufs[0] * bufs[1] + min(max_temp, READAHEAD_CAP)
     plan, skip = _header_plan(get("proxy_set_header", None) or [], table, target)
+    head_const = ""
+    while plan and isinstance(plan[0], str):
+        head_const += plan[0]
+        plan = plan[1:]
+    rest_plan = tuple((_CONST, item, None) if isinstance(item, str) else item for item in plan)
     hide_cfg = {h.lower() for h in get("proxy_hide_header", None) or []}
     pass_cfg = {h.lower() for h in get("proxy_pass_header", None) or []}
     hide = (set(DEFAULT_HIDE) | hide_cfg) - pass_cfg
@@ -509,13 +517,16 @@ def _build_conf(
         next_mask = FT_OFF
     method = get("proxy_method", None)
     body = get("proxy_set_body", None)
+    redirects = _redirects(ctx, table, target)
+    cookies = _cookie_rewriter(ctx, table)
     return ProxyConf(
         target=target,
         dynamic=dynamic,
         groups=groups,
         location=location,
         method=compile_complex(method, table) if method is not None else None,
-        plan=plan,
+        plan=rest_plan,
+        head_const=head_const,
         skip=skip,
         pass_request_headers=get("proxy_pass_request_headers", True),
         pass_request_body=get("proxy_pass_request_body", True),
@@ -534,16 +545,17 @@ def _build_conf(
         intercept_errors=get("proxy_intercept_errors", False),
         ignore_client_abort=get("proxy_ignore_client_abort", False),
         hide=frozenset(hide),
+        actions=header_actions(frozenset(hide), redirects is not None, cookies is not None),
         pass_server="server" in pass_cfg,
         pass_date="date" in pass_cfg,
-        redirects=_redirects(ctx, table, target),
-        cookie_rewrite=_cookie_rewriter(ctx, table),
+        redirects=redirects,
+        cookie_rewrite=cookies,
         accel_redirect="x-accel-redirect" not in ignored,
         ignore_accel_buffering="x-accel-buffering" in ignored,
         ssl=_ssl_conf(ctx, table, target, dynamic),
         bind=get("proxy_bind", None),
         socket_keepalive=get("proxy_socket_keepalive", False),
-        version_bytes=b" HTTP/1.1\r\n" if http11 else b" HTTP/1.0\r\n",
+        version_text=" HTTP/1.1\r\n" if http11 else " HTTP/1.0\r\n",
     )
 
 
@@ -780,14 +792,6 @@ def escape_uri(data: bytes) -> bytes:
     return _ESCAPE.sub(lambda m: b"%%%02X" % m.group()[0], data)
 
 
-def _raw(text: str) -> bytes:
-    """Bytes of request text: latin-1 as the head was read; UTF-8 for wider characters."""
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
-
-
 def _unparsed(r: Any) -> str:
     """nginx's r->unparsed_uri: the request target without an absolute-form's scheme://host."""
     target: str = r.request_uri
@@ -801,25 +805,24 @@ def _unparsed(r: Any) -> str:
     return target
 
 
-def upstream_uri(r: Any, conf: ProxyConf, uri_part: str, from_variables: bool) -> bytes:
-    """The request line's URI (ngx_http_proxy_create_request)."""
+def upstream_uri(r: Any, conf: ProxyConf, uri_part: str, from_variables: bool) -> str:
+    """The request line's URI (ngx_http_proxy_create_request).
+
+    Text as the request head was read (its characters are its bytes, latin-1); the parts nginx
+    re-escapes are escaped from $uri's bytes (UTF-8), so the result is ASCII there.
+    """
     if from_variables and uri_part:
-        return _raw(uri_part)
-    valid_unparsed = getattr(r, "valid_unparsed_uri", True)
-    if not uri_part and valid_unparsed:
-        return _raw(_unparsed(r))
-    valid_location = getattr(r, "valid_location", True)
+        return uri_part
+    if not uri_part and r.valid_unparsed_uri:
+        return _unparsed(r)
+    valid_location = r.valid_location
     loc_len = len(conf.location) if (valid_location and uri_part) else 0
     rest = r.uri[loc_len:]
-    path = _unparsed(r).partition("?")[0]
-    if "%" in path or r.internal:
-        out = escape_uri(rest.encode("utf-8", "surrogateescape"))
-    else:
-        out = _raw(rest)
-    if valid_location and uri_part:
-        out = _raw(uri_part) + out
+    if r.internal or "%" in _unparsed(r).partition("?")[0]:
+        rest = escape_uri(rest.encode("utf-8", "surrogateescape")).decode("ascii")
+    out = uri_part + rest if valid_location and uri_part else rest
     if r.args:
-        out += b"?" + _raw(r.args)
+        return f"{out}?{r.args}"
     return out
 
 
@@ -827,6 +830,7 @@ def upstream_uri(r: Any, conf: ProxyConf, uri_part: str, from_variables: bool) -
 
 
 def handler(r: Any) -> int | None:
+    """The location's content handler (ngx_http_proxy_handler)."""
     conf: ProxyConf = r.loc.proxy
     target = conf.target
     from_variables = False
@@ -840,7 +844,7 @@ def handler(r: Any) -> int | None:
         r.log(ERROR, "zero length URI to proxy")
         return 500
     method = conf.method(r) if conf.method is not None else r.method
-    ex = Exchange(r, conf, target, uri.decode("latin-1"))
+    ex = Exchange(r, conf, target, uri)
     ex.method = method
     r.upstream = ex
     framing = r.framing
@@ -978,29 +982,29 @@ def _runtime_groups(groups: Groups) -> dict[Any, HttpGroup]:
     return cache
 
 
-def build_head(r: Any, conf: ProxyConf, method: str, uri: bytes) -> bytes:
-    """The request head to the upstream, as one bytes object."""
-    parts: list[str] = []
+def build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
+    """The request head to the upstream, as one bytes object (one encode)."""
+    parts = [method, " ", uri, conf.version_text, conf.head_const]
     append = parts.append
-    extra = r.extra
-    for item in conf.plan:
-        if item.__class__ is str:
-            append(item)
-            continue
-        kind, name, fn = item
-        if kind == _VALUE:
-            v = fn(r)
-        elif kind == _BODY_LENGTH:
-            n = extra.get("proxy_body_length") if extra else None
-            if n is None:
+    if conf.plan:
+        extra = r.extra
+        for kind, name, fn in conf.plan:
+            if kind == _VALUE:
+                v = fn(r)
+            elif kind == _BODY_LENGTH:
+                n = extra.get("proxy_body_length") if extra else None
+                if n is None:
+                    continue
+                v = str(n)
+            elif kind == _CHUNKED:
+                if not (extra and extra.get("proxy_chunked")):
+                    continue
+                v = "chunked"
+            else:
+                append(name)  # a constant line after variable ones
                 continue
-            v = str(n)
-        else:
-            if not (extra and extra.get("proxy_chunked")):
-                continue
-            v = "chunked"
-        if v:
-            append(f"{name}: {v}\r\n")
+            if v:
+                append(f"{name}: {v}\r\n")
     if conf.pass_request_headers:
         skip = conf.skip
         for name, value in r.header_list:
@@ -1009,10 +1013,9 @@ def build_head(r: Any, conf: ProxyConf, method: str, uri: bytes) -> bytes:
     append("\r\n")
     text = "".join(parts)
     try:
-        head = text.encode("latin-1")
+        return text.encode("latin-1")
     except UnicodeEncodeError:
-        head = text.encode("utf-8", "surrogateescape")
-    return _raw(method) + b" " + uri + conf.version_bytes + head
+        return text.encode("utf-8", "surrogateescape")
 
 
 __all__ = [

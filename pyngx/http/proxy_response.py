@@ -33,26 +33,66 @@ class BadHead(Exception):
 
 
 class Head:
+    """A parsed response head. `lines` are its header lines ("Name: value"), validated; the
+    proxy classifies them in one pass (proxy_run.py), `pairs()` splits them when needed."""
+
     __slots__ = (
         "status",
         "status_line",
-        "headers",
+        "lines",
         "size",
         "close",
         "content_length",
         "chunked",
-        "content_type",
+        "accel_redirect",
+        "accel_buffering",
+        "_pairs",
     )
 
-    def __init__(self) -> None:
-        self.status = 0
-        self.status_line = ""
-        self.headers: list[tuple[str, str]] = []
-        self.size = 0
-        self.close = False
+    def __init__(self, status: int, status_line: str, lines: list[str], size: int, close: bool):
+        self.status = status
+        self.status_line = status_line
+        self.lines = lines
+        self.size = size
+        self.close = close  # an HTTP/1.0 server; `Connection: close` sets it too (framing)
         self.content_length: int | None = None
         self.chunked = False
-        self.content_type: str | None = None
+        self.accel_redirect: str | None = None
+        self.accel_buffering: str | None = None
+        self._pairs: list[tuple[str, str]] | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        pairs = self._pairs
+        if pairs is None:
+            pairs = []
+            for line in self.lines:
+                name, _, value = line.partition(":")
+                pairs.append((name, value.strip(" ")))
+            self._pairs = pairs
+        return pairs
+
+    def framing(self) -> None:
+        """What ngx_http_upstream's process handlers record, for paths that do not copy the
+        headers (the proxy's copy loop records the same as it goes)."""
+        for name, value in self.pairs():
+            low = name.lower()
+            if low == "content-length":
+                self.content_length = int(value) if value.isdigit() else None
+            elif low == "transfer-encoding" and "chunked" in value.lower():
+                self.chunked = True
+            elif low == "connection" and "close" in value.lower():
+                self.close = True
+            elif low == "x-accel-redirect":
+                self.accel_redirect = value
+            elif low == "x-accel-buffering" and self.accel_buffering is None:
+                self.accel_buffering = value.lower()
+        if self.chunked:
+            self.content_length = None
+
+
+# A header name with a space or a tab (or nginx's ignored repeated status line): the exact
+# path decides. Control characters anywhere are caught by isprintable().
+_SPACE_IN_NAME = re.compile(r"\n[^:\n \t]*[ \t]")
 
 
 def parse_head(buf: bytes, limit: int) -> Head | None:
@@ -61,45 +101,58 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
     `limit` is proxy_buffer_size: a head that does not fit is "too big".
     """
     end = buf.find(b"\r\n\r\n")
-    if end >= 0:
-        size = end + 4
-    else:
-        end = buf.find(b"\n\n")
-        if end < 0:
-            lf = buf.find(b"\n\r\n")
-            if lf < 0:
-                if not buf.startswith(b"HTTP/"[: len(buf)]):
-                    raise BadHead("09", "upstream sent no valid HTTP/1.0 header")
-                if len(buf) >= limit:
-                    raise BadHead("big", "upstream sent too big header")
-                return None
-            end, size = lf, lf + 3
-        else:
-            size = end + 2
-        # A mixed "\r\n...\n\r\n" head: take the earliest complete end.
-        crlf = buf.find(b"\r\n\r\n", 0, size)
-        if crlf >= 0:
-            end, size = crlf, crlf + 4
+    if end < 0:
+        return _parse_lf_head(buf, limit)
+    size = end + 4
     if size > limit:
         raise BadHead("big", "upstream sent too big header")
     text = buf[:end].decode("latin-1")
-    lines = text.split("\n")
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:
+        return _parse_lf_head(buf, limit)  # a bare LF somewhere: maybe an earlier end
+    if not text.replace("\r\n", "").isprintable() or _SPACE_IN_NAME.search(text):
+        return _parse_exact(text.split("\n"), size)
     first = lines[0]
-    if first.endswith("\r"):
-        first = first[:-1]
+    if (
+        first[:7] == "HTTP/1."
+        and first[8:9] == " "
+        and first[9:12].isdigit()
+        and first[9] != "0"
+        and (len(first) == 12 or first[12] == " ")
+    ):
+        del lines[0]
+        return Head(int(first[9:12]), first[9:], lines, size, first[7] == "0")
+    return _parse_exact(text.split("\n"), size)
+
+
+def _parse_lf_head(buf: bytes, limit: int) -> Head | None:
+    """Heads with LF-only line ends (accepted by nginx), or not complete yet."""
+    candidates = []
+    for marker, extra in ((b"\n\n", 2), (b"\n\r\n", 3), (b"\r\n\r\n", 4)):
+        i = buf.find(marker)
+        if i >= 0:
+            candidates.append((i, i + extra))
+    if not candidates:
+        if not buf.startswith(b"HTTP/"[: len(buf)]):
+            raise BadHead("09", "upstream sent no valid HTTP/1.0 header")
+        if len(buf) >= limit:
+            raise BadHead("big", "upstream sent too big header")
+        return None
+    end, size = min(candidates)
+    if size > limit:
+        raise BadHead("big", "upstream sent too big header")
+    return _parse_exact(buf[:end].decode("latin-1").split("\n"), size)
+
+
+def _parse_exact(raw: list[str], size: int) -> Head:
+    """Line by line, with nginx's errors (raw lines may end with CR)."""
+    lines = [line[:-1] if line.endswith("\r") else line for line in raw]
+    first = lines[0]
     m = _STATUS.match(first)
     if m is None:
         raise BadHead("09", "upstream sent no valid HTTP/1.0 header")
-    head = Head()
-    head.size = size
-    head.status = int(m.group(3))
-    head.status_line = first[m.start(3) :]
-    major, minor = int(m.group(1)), int(m.group(2))
-    head.close = (major, minor) < (1, 1)
-    headers = head.headers
+    out = []
     for line in lines[1:]:
-        if line.endswith("\r"):
-            line = line[:-1]
         if line.startswith("HTTP/"):
             continue  # IIS may repeat its status line; nginx skips it
         name, _colon, value = line.partition(":")
@@ -111,23 +164,13 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
                 f'{ord(bad.group()):02X}..."',
             )
         if "\x00" in value:
-            i = value.index("\x00")
             raise BadHead(
                 "invalid",
-                f'upstream sent invalid header: "{name}:{value[:i]}\\x00..."',
+                f'upstream sent invalid header: "{name}:{value[: value.index(chr(0))]}\\x00..."',
             )
-        value = value.strip(" ")
-        headers.append((name, value))
-        low = name.lower()
-        if low == "content-length":
-            head.content_length = int(value) if value.isdigit() else None
-        elif low == "transfer-encoding" and "chunked" in value.lower():
-            head.chunked = True  # 1.22: any mention of "chunked" (ngx_strlcasestrn)
-        elif low == "connection" and "close" in value.lower():
-            head.close = True
-    if head.chunked:
-        head.content_length = None
-    return head
+        out.append(line)
+    close = (int(m.group(1)), int(m.group(2))) < (1, 1)
+    return Head(int(m.group(3)), first[m.start(3) :], out, size, close)
 
 
 # -- chunked bodies -------------------------------------------------------------------------

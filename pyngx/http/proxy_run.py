@@ -144,7 +144,7 @@ class Exchange:
         "cached",
         "phase",
         "buf",
-        "headers_in",
+        "head_in",
         "length",
         "decoder",
         "keepalive",
@@ -155,7 +155,7 @@ class Exchange:
         "client_paused",
         "connect_task",
         "connect_timer",
-        "current",
+        "peer_text",
         "started",
         "tunnel",
         "sent",
@@ -189,7 +189,7 @@ class Exchange:
         self.cached = False
         self.phase = _NEW
         self.buf = b""
-        self.headers_in: list[tuple[str, str]] = []
+        self.head_in: Head | None = None
         self.length = -1
         self.decoder: ChunkedDecoder | None = None
         self.keepalive = False
@@ -200,7 +200,7 @@ class Exchange:
         self.client_paused = False  # client reading paused for the upstream (request body)
         self.connect_task: asyncio.Future[Any] | None = None
         self.connect_timer: asyncio.TimerHandle | None = None
-        self.current = ""
+        self.peer_text = ""
         self.started = 0.0
         self.tunnel: Any = None
         self.sent = 0
@@ -251,29 +251,27 @@ class Exchange:
         peer = self.balancer.get(pick)
         group = self.target.group
         if peer is None:
-            st.peer = group.name
-            self.current = f"{self.target.schema}{group.name}{self.uri}"
+            st.peer = self.peer_text = group.name
             self.log(ERROR, "no live upstreams")
             self.next(FT_NOLIVE)
             return
         self.peer = peer
         pc = peer.conf
         st.peer = pc.name
-        target = self.target
-        sep = ":" if target.unix else ""
-        self.current = f"{target.schema}{pc.name}{sep}{self.uri}"
-        pool = group.cache()
+        # nginx's log shows "unix:/path:/uri" for a unix socket peer.
+        self.peer_text = pc.name + ":" if self.target.unix else pc.name
+        pool = group.pool
         if pool is not None:
-            conn = pool.get(pc.addr)
+            conn = pool.get(pc.name)
             if conn is not None:
                 self.cached = True
                 self.attach(conn)
                 return
         self.cached = False
-        self.connect_task = asyncio.ensure_future(self._open(pc.addr))
+        self.connect_task = asyncio.ensure_future(self._open(pc.addr, pc.name))
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
 
-    async def _open(self, addr: Any) -> None:
+    async def _open(self, addr: Any, key: str) -> None:
         loop = self.loop
         conf = self.conf
         ssl_conf = conf.ssl
@@ -288,7 +286,7 @@ class Exchange:
         try:
 
             def factory() -> UpstreamConn:
-                return UpstreamConn(loop, addr)
+                return UpstreamConn(loop, key)
 
             if addr.family == socket.AF_UNIX:
                 transport, conn = await loop.create_unix_connection(factory, addr.address)
@@ -411,13 +409,27 @@ class Exchange:
         self.conn = conn
         conn.owner = self
         conn.requests += 1
-        conn.sent = 0
         st = self.state
         assert st is not None
         now = self.loop.time()
         st.connect = now - st.start
         self.phase = _HEAD
         body = self.body
+        if not body and not self.streaming:
+            # The hot path: one write, the read timer moved (upstream_pool's lazy timer).
+            head = self.head_bytes
+            conn.sent = len(head)
+            conn.transport.write(head)
+            self.request_sent = True
+            if not conn.paused:
+                conn.kind = "read"
+                conn.deadline = now + self.conf.read_timeout
+                if conn.timer is None:
+                    conn.timer = self.loop.call_at(conn.deadline, conn._fired)
+                return
+            conn.arm("send", self.conf.send_timeout)
+            return
+        conn.sent = 0
         if self.streaming:
             conn.write(self.head_bytes)
             if body:
@@ -432,8 +444,6 @@ class Exchange:
                 conn.write(self.head_bytes)
                 for piece in body:
                     conn.write(piece)
-        else:
-            conn.write(self.head_bytes)
         self.request_sent = True
         if conn.paused:
             conn.arm("send", self.conf.send_timeout)
@@ -602,7 +612,7 @@ class Exchange:
         st = self.state
         assert st is not None
         st.status = status
-        self.headers_in = head.headers
+        self.head_in = head
         if status >= 300:
             ft = FT_BY_STATUS.get(status)
             if ft is not None and self._test_next(ft):
@@ -610,6 +620,11 @@ class Exchange:
             if conf.intercept_errors and status in r.loc.error_pages:
                 self._intercept(head, data)
                 return
+        # One pass: the client's head, and what the headers say about framing.
+        self._copy_headers(head)
+        if head.accel_redirect is not None and conf.accel_redirect:
+            self._accel_redirect(head)
+            return
         self.close_after = head.close
         rest = data[head.size :] if len(data) > head.size else b""
         # Body framing (ngx_http_proxy_input_filter_init).
@@ -630,10 +645,6 @@ class Exchange:
         if status == 101:
             self.keepalive = False
             upgrade = "upgrade" in r.headers
-        accel = conf.accel_redirect and self._accel_redirect(head)
-        if accel:
-            return
-        self._copy_headers(head)
         if upgrade:
             self._upgrade(rest)
             return
@@ -706,9 +717,10 @@ class Exchange:
         """proxy_intercept_errors: nginx's own error page (error_page) for this status."""
         status = head.status
         r = self.r
+        head.framing()
         if status == 401:
             # The challenge survives the error page (ngx_http_upstream_intercept_errors).
-            for name, value in head.headers:
+            for name, value in head.pairs():
                 if name.lower() == "www-authenticate":
                     r.out.headers.append((name, value))
         no_body = (
@@ -720,91 +732,122 @@ class Exchange:
         self._release()
         self.finalize(status)
 
-    def _accel_redirect(self, head: Head) -> bool:
-        target = None
-        for name, value in head.headers:
-            if name.lower() == "x-accel-redirect":
-                target = value
-                break
-        if target is None:
-            return False
+    def _accel_redirect(self, head: Head) -> None:
+        """X-Accel-Redirect: an internal redirect instead of this response."""
+        target = head.accel_redirect
+        assert target is not None
         r = self.r
         self.keepalive = False
         self._release()
         self._cleanup_client()
         self.phase = _DONE
-        st = self.state
-        if st is not None and st.response < 0:
-            st.response = self.loop.time() - st.start
         # Headers that survive the redirect (nginx's `redirect` flag in its header table).
-        keep = []
-        for name, value in head.headers:
-            low = name.lower()
-            if low in _REDIRECT_KEEP and low not in self.conf.hide:
-                keep.append((name, value))
-        r.out.headers = keep
-        if target.startswith("@"):
-            if r.method != "HEAD":
-                r.method = "GET"
-            r.named_redirect(target)
-            return True
-        uri, q, args = target.partition("?")
+        hide = self.conf.hide
+        r.out.headers = [
+            (name, value)
+            for name, value in head.pairs()
+            if name.lower() in _REDIRECT_KEEP and name.lower() not in hide
+        ]
         if r.method != "HEAD":
             r.method = "GET"
+        if target.startswith("@"):
+            r.named_redirect(target)
+            return
+        uri, q, args = target.partition("?")
         from urllib.parse import unquote
 
         r.internal_redirect(unquote(uri), args if q else "")
-        return True
 
     def _copy_headers(self, head: Head) -> None:
-        """ngx_http_upstream_process_headers: the client's response head from the upstream's."""
+        """ngx_http_upstream_process_headers: the client's response head from the upstream's,
+        in one pass that also records Content-Length, chunked, Connection and X-Accel-*
+        (nginx's header handlers run whether or not the header is hidden)."""
         r = self.r
         conf = self.conf
         out = r.out
         r.status = head.status
         out.status_line = head.status_line
-        out.content_length = head.content_length if self.decoder is None else None
-        hide = conf.hide
+        actions = conf.actions
         headers = out.headers
-        redirects = conf.redirects
-        for name, value in head.headers:
+        for line in head.lines:
+            name, _, value = line.partition(":")
             low = name.lower()
-            if low in hide or low in _NEVER_PASSED:
+            act = actions.get(low)
+            if act is None:
+                headers.append((name, value.strip(" ")))
                 continue
-            if low == "content-type":
+            if act == A_HIDE:
+                continue
+            value = value.strip(" ")
+            if act == A_CT:
                 out.content_type = value
                 out.charset = None
                 continue
-            if low == "location" and redirects is not None and value:
-                new = rewrite_redirect(redirects, r, value, 0)
-                if new is not None:
-                    if new.startswith("/") and r.loc.absolute_redirect:
-                        out.location = new
-                        continue
-                    value = new
-            elif low == "refresh" and redirects is not None:
-                at = refresh_prefix(value)
-                if at >= 0:
-                    new = rewrite_redirect(redirects, r, value, at)
-                    if new is not None:
-                        value = new
-            elif low == "set-cookie" and conf.cookie_rewrite is not None:
-                value = conf.cookie_rewrite(r, value)
-            elif low == "x-accel-buffering":
-                pass
+            if act == A_CL:
+                head.content_length = int(value) if value.isdigit() else None
+                continue
+            if act == A_TE:
+                if "chunked" in value.lower():
+                    head.chunked = True  # 1.22: any mention of "chunked"
+                continue
+            if act == A_CONN:
+                if "close" in value.lower():
+                    head.close = True
+                continue
+            if act in (A_XAR, A_XAR_PASS):
+                head.accel_redirect = value
+                if act == A_XAR:
+                    continue
+            elif act in (A_XAB, A_XAB_PASS):
+                if head.accel_buffering is None:
+                    head.accel_buffering = value.lower()
+                if act == A_XAB:
+                    continue
+            else:
+                new = self._rewrite(low, value)
+                if new is None:
+                    continue
+                value = new
             headers.append((name, value))
+        if head.chunked:
+            head.content_length = None
+        out.content_length = head.content_length
         if conf.pass_server:
             out.no_server = True
         if conf.pass_date:
             out.no_date = True
-        if not conf.ignore_accel_buffering:
-            for name, value in head.headers:
-                if name.lower() == "x-accel-buffering":
-                    v = value.lower()
-                    if v == "yes":
-                        self.buffering = True
-                    elif v == "no":
-                        self.buffering = False
+        ab = head.accel_buffering
+        if ab is not None and not conf.ignore_accel_buffering:
+            if ab == "yes":
+                self.buffering = True
+            elif ab == "no":
+                self.buffering = False
+
+    def _rewrite(self, low: str, value: str) -> str | None:
+        """Location and Refresh (proxy_redirect), Set-Cookie (proxy_cookie_*); None when the
+        value moved to the response head's own field (a rewritten relative Location)."""
+        r = self.r
+        conf = self.conf
+        redirects = conf.redirects
+        if low == "location":
+            if redirects is not None and value:
+                new = rewrite_redirect(redirects, r, value, 0)
+                if new is not None:
+                    if new.startswith("/") and r.loc.absolute_redirect:
+                        # Made absolute by the header filter, as nginx does (only then).
+                        r.out.location = new
+                        return None
+                    return new
+        elif low == "refresh":
+            if redirects is not None:
+                at = refresh_prefix(value)
+                if at >= 0:
+                    new = rewrite_redirect(redirects, r, value, at)
+                    if new is not None:
+                        return new
+        elif conf.cookie_rewrite is not None:
+            return conf.cookie_rewrite(r, value)
+        return value
 
     # -- the response body ------------------------------------------------------------------------
 
@@ -918,9 +961,14 @@ class Exchange:
 
     def _done_client(self, finished: bool = False) -> None:
         self.phase = _DONE
+        r = self.r
         self._cleanup_client()
         if not finished:
-            self.r.finish()
+            r.finish()
+        # The access log has its $upstream_* now: dropping the request's reference frees the
+        # exchange (and the request) by reference counting, without waiting for the cyclic GC.
+        if r.done:
+            r.upstream = None
 
     def _cleanup_client(self) -> None:
         r = self.r
@@ -1108,6 +1156,13 @@ class Exchange:
 
     # -- logging ----------------------------------------------------------------------------------
 
+    @property
+    def current(self) -> str:
+        """The `upstream: "..."` of error log lines: schema, peer, the URI sent."""
+        if not self.peer_text:
+            return ""
+        return f"{self.target.schema}{self.peer_text}{self.uri}"
+
     def log(self, level: int, message: str, action: str | None = None) -> None:
         if action is None:
             action = _ACTION[self.phase]
@@ -1166,17 +1221,46 @@ class Exchange:
         return None
 
     def header(self, name: str) -> str | None:
-        for n, v in self.headers_in:
+        head = self.head_in
+        if head is None:
+            return None
+        for n, v in head.pairs():
             if n.lower() == name:
                 return v
         return None
 
     def cookie(self, name: str) -> str | None:
-        return set_cookie_value(self.headers_in, name)
+        head = self.head_in
+        return None if head is None else set_cookie_value(head.pairs(), name)
 
 
-# Upstream headers the proxy handles itself and never passes as they are.
-_NEVER_PASSED = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
+# What the response head copy does with a header (ProxyConf.actions, by lower-case name):
+# not listed: passed as is.
+A_HIDE, A_CT, A_CL, A_TE, A_CONN, A_XAR, A_XAR_PASS, A_XAB, A_XAB_PASS, A_REWRITE = range(10)
+
+
+def header_actions(
+    hide: frozenset[str], redirects: bool, cookies: bool
+) -> dict[str, int]:
+    """The copy's table for one location: its hidden headers, the headers nginx processes
+    itself (never passed: Content-Length, Transfer-Encoding, Connection, Keep-Alive), and the
+    rewritten ones (Location/Refresh with proxy_redirect, Set-Cookie with proxy_cookie_*)."""
+    actions = {name: A_HIDE for name in hide}
+    actions.update(
+        {"content-length": A_CL, "transfer-encoding": A_TE, "connection": A_CONN,
+         "keep-alive": A_HIDE}
+    )
+    actions["x-accel-redirect"] = A_XAR if "x-accel-redirect" in hide else A_XAR_PASS
+    actions["x-accel-buffering"] = A_XAB if "x-accel-buffering" in hide else A_XAB_PASS
+    if "content-type" not in hide:
+        actions["content-type"] = A_CT
+    if redirects:
+        for name in ("location", "refresh"):
+            if name not in hide:
+                actions[name] = A_REWRITE
+    if cookies and "set-cookie" not in hide:
+        actions["set-cookie"] = A_REWRITE
+    return actions
 # ngx_http_upstream_headers_in entries with `redirect` set: kept on X-Accel-Redirect.
 # (Content-Type too in nginx, where it only sets a field the new handler sets again.)
 _REDIRECT_KEEP = frozenset(

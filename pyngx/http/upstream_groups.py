@@ -33,14 +33,12 @@ class HttpGroup:
     name: str  # what $upstream_addr shows when no peer is live
     group: UpstreamGroup
     keepalive: tuple[int, int, float, float] | None = None  # size, requests, timeout, time
+    # The cache of idle connections: made empty here, so each worker (fork) has its own.
     pool: KeepalivePool | None = None
 
-    def cache(self) -> KeepalivePool | None:
-        """This worker's cache (made on first use, after the fork)."""
-        pool = self.pool
-        if pool is None and self.keepalive is not None:
-            pool = self.pool = KeepalivePool(*self.keepalive)
-        return pool
+    def __post_init__(self) -> None:
+        if self.keepalive is not None:
+            self.pool = KeepalivePool(*self.keepalive)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Any) -> None:
         self.loop = loop
-        self.key = key  # the peer's address: what the cache matches on
+        self.key = key  # the peer (its address text): what the cache matches on
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.owner: Owner | None = None
         self.requests = 0
