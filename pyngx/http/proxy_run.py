@@ -743,6 +743,7 @@ class Exchange:
         self.phase = _DONE
         # Headers that survive the redirect (nginx's `redirect` flag in its header table).
         hide = self.conf.hide
+        r.out.status_line = None
         r.out.headers = [
             (name, value)
             for name, value in head.pairs()

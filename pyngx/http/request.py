@@ -480,7 +480,9 @@ class Request:
         loc = self.loc
         if self.version < (1, 0):
             return b""
-        if status in _REDIRECTS or (out.location is not None and status >= 300):
+        if out.location is not None:
+            # nginx's header filter makes any Location starting with "/" absolute (a 201's
+            # too, e.g. a proxied one rewritten by proxy_redirect).
             self._absolute_location()
         if out.status_line is not None:
             parts = [f"HTTP/1.1 {out.status_line}\r\n"]
