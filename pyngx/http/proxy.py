@@ -661,22 +661,27 @@ def _cookie_rewriter(ctx: Context, table: VariableTable) -> Callable[[Any, str],
     p_rules = [_cookie_rule_compile(a, b, table, False) for a, b in paths or []]
 
     def rewrite(r: Any, value: str) -> str:
-        parts = value.split(";")
+        """ngx_http_proxy_rewrite_cookie: the Domain and Path attributes; a rewritten cookie
+        is rebuilt from its trimmed parts, joined with "; " as nginx does."""
+        attrs = []
+        for part in value.split(";"):
+            key, eq, val = part.partition("=")
+            attrs.append([key.strip(" "), val.strip(" ") if eq else None])
         changed = False
-        for i in range(1, len(parts)):
-            key, eq, val = parts[i].partition("=")
-            k = key.strip().lower()
+        for attr in attrs[1:]:
+            k = attr[0].lower()
             rules = d_rules if k == "domain" else p_rules if k == "path" else None
-            if not rules or not eq:
+            if not rules or attr[1] is None:
                 continue
-            v = val.strip()
             for rule in rules:
-                new = rule(r, v)
+                new = rule(r, attr[1])
                 if new is not None:
-                    parts[i] = f"{key}={val[: len(val) - len(val.lstrip())]}{new}"
+                    attr[1] = new
                     changed = True
                     break
-        return ";".join(parts) if changed else value
+        if not changed:
+            return value
+        return "; ".join(k if v is None else f"{k}={v}" for k, v in attrs)
 
     return rewrite
 
@@ -860,19 +865,32 @@ def handler(r: Any) -> int | None:
         and (not framing.chunked or conf.http11)
     )
     ex.streaming = streaming
+    # $proxy_internal_body_length / $proxy_internal_chunked live in r.extra (made when needed).
     extra = r.extra
-    if extra is None:
-        extra = r.extra = {}
     if body_value is not None:
         ex.body = [body_value] if body_value else []
+        extra = _extra(r)
         extra["proxy_body_length"] = len(body_value)
     elif conf.pass_request_body and has_body:
         ex.body = []
     if streaming and not framing.chunked:
+        extra = _extra(r)
         extra["proxy_body_length"] = framing.content_length
     if not has_body:
         if body_value is None and framing is not None and framing.content_length == 0:
-            extra["proxy_body_length"] = 0
+            _extra(r)["proxy_body_length"] = 0
+        ex.head_bytes = build_head(r, conf, method, uri)
+        ex.start()
+        return DONE
+    extra = _extra(r)
+    kept = extra.get("proxy_body")
+    if kept is not None:
+        # Proxied again (error_page, X-Accel-Redirect): nginx sends the body it read again.
+        if ex.body is not None and body_value is None:
+            ex.body = list(kept)
+        if body_value is None:
+            extra["proxy_body_length"] = sum(len(p) for p in kept)
+        extra.pop("proxy_chunked", None)
         ex.head_bytes = build_head(r, conf, method, uri)
         ex.start()
         return DONE
@@ -898,10 +916,17 @@ def handler(r: Any) -> int | None:
     return DONE
 
 
+def _extra(r: Any) -> dict[str, Any]:
+    extra = r.extra
+    if extra is None:
+        extra = r.extra = {}
+    return extra  # type: ignore[no-any-return]
+
+
 class _BodyCollector:
     """Reads the whole client body (proxy_request_buffering on), then starts the exchange."""
 
-    __slots__ = ("r", "conf", "ex", "method", "uri", "size", "set_body")
+    __slots__ = ("r", "conf", "ex", "method", "uri", "size", "set_body", "pieces")
 
     def __init__(
         self,
@@ -919,6 +944,7 @@ class _BodyCollector:
         self.uri = uri
         self.size = 0
         self.set_body = set_body
+        self.pieces: list[bytes] = []
 
     def piece(self, data: bytes | None) -> None:
         ex = self.ex
@@ -926,9 +952,15 @@ class _BodyCollector:
             r = self.r
             if r.done:
                 return
+            pieces = self.pieces
+            r.extra["proxy_body"] = pieces
+            if self.size <= r.loc.client_body_buffer_size:
+                r.body = b"".join(pieces)  # $request_body: nginx has it when in memory
             if self.set_body is None:
                 # A chunked body was read whole: it goes on with its length.
                 r.extra["proxy_body_length"] = self.size
+            if ex.body is not None and self.set_body is None:
+                ex.body = pieces
             ex.head_bytes = build_head(r, self.conf, self.method, self.uri)
             ex.body_done = True
             ex.start()
@@ -936,8 +968,7 @@ class _BodyCollector:
         if not data:
             return
         self.size += len(data)
-        if ex.body is not None and self.set_body is None:
-            ex.body.append(data)
+        self.pieces.append(data)
 
 
 def _eval_target(r: Any, conf: ProxyConf) -> Target | int:

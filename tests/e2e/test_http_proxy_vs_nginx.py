@@ -690,6 +690,35 @@ CASES: list[Case] = [
         "/l17",
         routes={"/l17": raw_route("302 Found", ["Location: http://ORIGIN/x", "Content-Length: 0"])},
     ),
+    # -- proxy_cookie_path / proxy_cookie_domain -------------------------------------------
+    Case(
+        "cookie-path-and-domain",
+        f"location / {{ {P}; proxy_cookie_path /two/ /; proxy_cookie_domain up.example "
+        "front.example; }",
+        "/ck1",
+        routes={
+            "/ck1": raw_route(
+                "200 OK",
+                [
+                    "Set-Cookie: a=1;Path=/two/x ; Domain=.UP.example;HttpOnly",
+                    "Set-Cookie: b=2; path=/other",
+                    "Content-Length: 0",
+                ],
+            )
+        },
+    ),
+    Case(
+        "cookie-path-regex",
+        f"location / {{ {P}; proxy_cookie_path ~^/(\\w+)/(.*)$ /$2/$1; }}",
+        "/ck2",
+        routes={"/ck2": raw_route("200 OK", ["Set-Cookie: c=3; Path=/aa/bb", "Content-Length: 0"])},
+    ),
+    Case(
+        "cookie-off",
+        f"proxy_cookie_path /two/ /;\nlocation / {{ {P}; proxy_cookie_path off; }}",
+        "/ck3",
+        routes={"/ck3": raw_route("200 OK", ["Set-Cookie: a=1; Path=/two/x", "Content-Length: 0"])},
+    ),
     # -- intercepted errors ------------------------------------------------------------------
     Case(
         "intercept-named",
@@ -714,6 +743,23 @@ CASES: list[Case] = [
         "intercept-off",
         f"location / {{ {P}; error_page 404 /x; }}",
         "/i4?status=404",
+    ),
+    Case(
+        "intercept-post-body-sent-again",
+        f"location / {{ {P}; proxy_intercept_errors on; error_page 500 = @fb; }}\n"
+        "location @fb { proxy_pass http://ORIGIN/fb$is_args$args; }",
+        "/i8?status=500",
+        method="POST",
+        body=b"the body",
+        known="error_page.py makes the method GET before a named location too; nginx keeps "
+        "it there (only a URI error page turns it into GET)",
+    ),
+    Case(
+        "request-body-variable",
+        f"location / {{ {P}; proxy_set_header X-Body $request_body; }}",
+        "/i9",
+        method="POST",
+        body=b"in-memory",
     ),
     Case(
         "intercept-401-keeps-challenge",

@@ -449,3 +449,35 @@ def test_upstream_block_config_errors(pyngx: ServerFactory) -> None:
     )
     result = run_pyngx(["-t", "-p", str(server.prefix), "-c", str(server.conf_path)])
     assert "load balancing method redefined" in result.stderr
+
+
+def test_next_upstream_timeout_limits_retries(
+    pyngx: ServerFactory, origin: Origin, blackhole: int
+) -> None:
+    b = origin()
+    server, port = start(
+        pyngx,
+        "log_format up '$upstream_addr|$upstream_status';\naccess_log logs/up.log up;\n"
+        f"upstream g {{ server 127.0.0.1:{blackhole} max_fails=0;\n"
+        f"  server 127.0.0.1:{blackhole} max_fails=0; server {b.address}; }}\n"
+        "server { LISTEN; location / { proxy_pass http://g;\n"
+        "  proxy_connect_timeout 400ms; proxy_next_upstream_timeout 300ms; } }",
+    )
+    # The first try times out after 400ms: past the 300ms budget, no second try.
+    assert http_get(port, "/t").status == 504
+    (line,) = log_lines(server, "up.log", 1)
+    assert line == f"127.0.0.1:{blackhole}|504"
+
+
+def test_zone_in_http_upstream(pyngx: ServerFactory, origin: Origin) -> None:
+    a, b = origin(), origin()
+    server, port = start(
+        pyngx,
+        f"upstream g {{ zone g 64k; server {a.address}; server {b.address}; keepalive 2; }}\n"
+        f"server {{ LISTEN; location / {{ proxy_pass http://g; {KA} }} }}",
+        workers=2,
+    )
+    for i in range(8):
+        assert http_get(port, f"/{i}").status == 200
+    assert len(a.requests) + len(b.requests) == 8
+    assert a.requests and b.requests
