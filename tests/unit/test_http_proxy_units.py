@@ -396,3 +396,36 @@ def test_keepalive_pool_lru_and_limits() -> None:
         assert pool.get("d") is None
     finally:
         loop.close()
+
+
+def test_auto_redirect_and_content_handler(tmp_path: Any) -> None:
+    from pyngx.core.cycle import load_cycle
+    from pyngx.core.paths import Paths
+    from pyngx.http import proxy
+
+    conf = tmp_path / "p.conf"
+    conf.write_text(
+        "error_log stderr;\nevents {}\nhttp { access_log off; server { listen 127.0.0.1:1;\n"
+        "  location /a/ { proxy_pass http://127.0.0.1:2; }\n"
+        "  location /b { proxy_pass http://127.0.0.1:2; }\n"
+        "  location = /c/ { proxy_pass http://127.0.0.1:2; }\n"
+        "  location ~ /d/ { proxy_pass http://127.0.0.1:2; }\n"
+        "  location /e/ { root /tmp; }\n"
+        "  location /f/ { proxy_pass http://127.0.0.1:2; location /f/g/ { } }\n"
+        "} }\n"
+    )
+    cycle = load_cycle(Paths(str(tmp_path) + "/", str(conf)))
+    specs = {s.name: s for s in cycle.http.servers[0].locations.specs}
+    assert {n: s.auto_redirect for n, s in specs.items()} == {
+        "/a/": True,
+        "/b": False,
+        "/c/": True,
+        "/d/": False,
+        "/e/": False,
+        "/f/": True,
+    }
+    assert specs["/a/"].conf.content is proxy.handler
+    assert specs["/e/"].conf.content is None
+    inner = specs["/f/"].children[0]
+    assert inner.conf.content is None and not inner.auto_redirect
+    cycle.files.close()
