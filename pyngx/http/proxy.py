@@ -9,12 +9,12 @@ rules and `proxy_hide_header`/`proxy_pass_header` are resolved. A request then c
 (nginx's rules, `upstream_uri`), one pass over the plan and the client's headers, and one
 encode: the head goes out in one write, with a small body.
 
-The URI sent (ngx_http_proxy_create_request):
-- `proxy_pass` with variables and a URI part: that URI, as evaluated;
-- no URI part and the request's URI untouched: the client's URI exactly as it sent it;
-- otherwise the (normalised) $uri with the location's prefix replaced by the URI part (no
-  replacement after `rewrite ... break`, nor in regex/named locations or `if` blocks),
-  re-escaped when it was escaped or the request was redirected internally, plus `?args`.
+The parts: proxy_conf.py (the compiled settings), proxy_request.py (the URI, the head, the
+body, the content handler), proxy_run.py (the exchange with the upstream: ngx_http_upstream),
+proxy_connect.py, proxy_response.py (the response head parser, chunked decoding),
+proxy_headers.py (the client's response head), proxy_redirect.py (proxy_redirect and
+proxy_cookie_*), proxy_state.py ($upstream_*), proxy_tunnel.py (upgraded connections);
+upstream_groups.py and upstream_pool.py (groups, the keepalive cache).
 
 Buffering (`proxy_buffering on`): pyngx has no temporary files; a response is read ahead into
 memory up to `proxy_buffers` (number * size) plus `proxy_max_temp_file_size`, capped at
@@ -24,15 +24,12 @@ size, and bounds memory per request.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyngx.conf.errors import ConfigError, DirectiveValueError
 from pyngx.conf.parser import Node
-from pyngx.conf.regex import compile_pcre
 from pyngx.conf.registry import (
     ONEMORE,
     TAKE1,
@@ -50,9 +47,19 @@ from pyngx.conf.registry import (
 )
 from pyngx.conf.values import parse_size, parse_url
 from pyngx.conf.variables import VariableTable, compile_complex, has_variables, split_complex
-from pyngx.core.log import ERROR
 from pyngx.http.module import HTTP, LIF, LOC, MAIN_SRV_LOC, LocationConf
-from pyngx.http.proxy_response import RedirectRule
+from pyngx.http.proxy_conf import (
+    BODY_LENGTH,
+    CHUNKED,
+    CONST,
+    VALUE,
+    HttpProxySsl,
+    ProxyConf,
+    Target,
+)
+from pyngx.http.proxy_headers import header_actions
+from pyngx.http.proxy_redirect import cookie_rewriter, redirect_rules
+from pyngx.http.proxy_request import escape_uri, handler, upstream_uri
 from pyngx.http.proxy_run import (
     FT_BY_STATUS,
     FT_ERROR,
@@ -60,16 +67,11 @@ from pyngx.http.proxy_run import (
     FT_NON_IDEMPOTENT,
     FT_OFF,
     FT_TIMEOUT,
-    Exchange,
-    header_actions,
 )
-from pyngx.http.request import DONE
 from pyngx.http.upstream_groups import (
     Groups,
-    HttpGroup,
     ProxyUrl,
     ProxyUrlError,
-    literal_group,
     parse_proxy_url,
 )
 
@@ -124,74 +126,6 @@ IGNORE_HEADERS = (
     "Set-Cookie",
     "Vary",
 )
-
-# Plan items: (kind, name, value function); _CONST items carry a whole line as their name.
-_VALUE, _BODY_LENGTH, _CHUNKED, _CONST = range(4)
-
-
-@dataclass(slots=True, eq=False)
-class Target:
-    """Where a request goes: a group and the URL parts nginx keeps in ngx_http_proxy_vars_t."""
-
-    schema: str
-    ssl: bool
-    group: HttpGroup
-    host_header: str  # $proxy_host
-    port_text: str  # $proxy_port
-    uri: str  # the URI part ("" when none)
-    unix: bool
-    url: str  # as written (proxy_redirect default)
-
-
-@dataclass(slots=True)
-class HttpProxySsl:
-    ctx: ssl.SSLContext
-    server_name: bool
-    name: Callable[[Any], str] | None  # proxy_ssl_name (None: the proxy_pass host)
-    verify: bool
-    session_reuse: bool
-    sessions: dict[str, ssl.SSLSession] = field(default_factory=dict)
-
-
-@dataclass(slots=True, eq=False)
-class ProxyConf:
-    target: Target | None  # a static proxy_pass
-    dynamic: Callable[[Any], str] | None  # proxy_pass with variables
-    groups: Groups
-    location: str  # the location prefix the URI part replaces ("" where nginx has none)
-    method: Callable[[Any], str] | None
-    plan: tuple[Any, ...]  # after head_const: (kind, name, value function) items
-    head_const: str  # the leading constant header lines
-    skip: frozenset[str]
-    pass_request_headers: bool
-    pass_request_body: bool
-    body: Callable[[Any], str] | None
-    http11: bool
-    request_buffering: bool
-    buffering: bool
-    buffer_size: int
-    readahead: int
-    connect_timeout: float
-    send_timeout: float
-    read_timeout: float
-    next_upstream: int
-    next_upstream_tries: int
-    next_upstream_timeout: float
-    intercept_errors: bool
-    ignore_client_abort: bool
-    hide: frozenset[str]
-    actions: dict[str, int]  # the response head copy's table (proxy_run.header_actions)
-    pass_server: bool
-    pass_date: bool
-    redirects: list[RedirectRule] | None
-    cookie_rewrite: Callable[[Any, str], str] | None
-    accel_redirect: bool
-    ignore_accel_buffering: bool
-    ssl: HttpProxySsl | None
-    bind: tuple[str, int] | None
-    socket_keepalive: bool
-    version_text: str = " HTTP/1.0\r\n"
-
 
 # -- directives ---------------------------------------------------------------------------
 
@@ -507,7 +441,7 @@ def _build_conf(
     while plan and isinstance(plan[0], str):
         head_const += plan[0]
         plan = plan[1:]
-    rest_plan = tuple((_CONST, item, None) if isinstance(item, str) else item for item in plan)
+    rest_plan = tuple((CONST, item, None) if isinstance(item, str) else item for item in plan)
     hide_cfg = {h.lower() for h in get("proxy_hide_header", None) or []}
     pass_cfg = {h.lower() for h in get("proxy_pass_header", None) or []}
     hide = (set(DEFAULT_HIDE) | hide_cfg) - pass_cfg
@@ -517,8 +451,8 @@ def _build_conf(
         next_mask = FT_OFF
     method = get("proxy_method", None)
     body = get("proxy_set_body", None)
-    redirects = _redirects(ctx, table, target)
-    cookies = _cookie_rewriter(ctx, table)
+    redirects = redirect_rules(ctx, table, target, _location_name(ctx))
+    cookies = cookie_rewriter(ctx, table)
     return ProxyConf(
         target=target,
         dynamic=dynamic,
@@ -572,10 +506,10 @@ def _header_plan(
         if not value:
             continue
         if value == "$proxy_internal_body_length":
-            plan.append((_BODY_LENGTH, name, None))
+            plan.append((BODY_LENGTH, name, None))
             continue
         if value == "$proxy_internal_chunked":
-            plan.append((_CHUNKED, name, None))
+            plan.append((CHUNKED, name, None))
             continue
         if target is not None:
             # $proxy_host and $proxy_port are constants of a static proxy_pass.
@@ -587,7 +521,7 @@ def _header_plan(
             else:
                 plan.append(line)
             continue
-        plan.append((_VALUE, name, compile_complex(value, table)))
+        plan.append((VALUE, name, compile_complex(value, table)))
     return tuple(plan), skip
 
 
@@ -600,129 +534,6 @@ def _fold_proxy_vars(value: str, target: Target) -> str:
     if any(isinstance(p, tuple) and p[0] not in consts for p in parts):
         return value
     return "".join(p if isinstance(p, str) else consts[p[0]] for p in parts)
-
-
-def _redirects(
-    ctx: Context, table: VariableTable, target: Target | None
-) -> list[RedirectRule] | None:
-    entries = ctx.get("proxy_redirect", None)
-    if entries == "off":
-        return None
-    if not entries:
-        if target is None:
-            return None  # proxy_pass with variables has no default rule
-        if target.uri:
-            return [_rule(target.url, _location_name(ctx), table)]
-        return [_rule(target.url + "/", "/", table)]
-    return [_rule(value[0], value[1], table) for _kind, value, _node in entries]
-
-
-def _rule(pattern: str, replacement: str, table: VariableTable) -> RedirectRule:
-    if pattern.startswith("~"):
-        flags = 0
-        text = pattern[1:]
-        if text.startswith("*"):
-            flags = re.IGNORECASE
-            text = text[1:]
-        rx = compile_pcre(text, flags)
-        return RedirectRule(None, rx, _with_captures(replacement, table, rx))
-    plain = compile_complex(replacement, table)
-    return RedirectRule(compile_complex(pattern, table), None, lambda r, m: plain(r))
-
-
-def _with_captures(
-    text: str, table: VariableTable, rx: re.Pattern[str]
-) -> Callable[[Any, re.Match[str] | None], str]:
-    pieces: list[Callable[[Any, re.Match[str] | None], str]] = []
-    for part in split_complex(text):
-        if isinstance(part, str):
-            pieces.append(lambda r, m, s=part: s)
-            continue
-        name = part[0]
-        if name.isdigit():
-            idx = int(name)
-            pieces.append(lambda r, m, i=idx: (m.group(i) or "") if m and i <= m.re.groups else "")
-        elif name in rx.groupindex:
-            pieces.append(lambda r, m, n=name: (m.group(n) or "") if m else "")
-        else:
-            getter = table.lookup(name)
-            pieces.append(lambda r, m, g=getter: g(r) or "")
-    return lambda r, m: "".join(p(r, m) for p in pieces)
-
-
-def _cookie_rewriter(ctx: Context, table: VariableTable) -> Callable[[Any, str], str] | None:
-    domains = ctx.get("proxy_cookie_domain", None)
-    paths = ctx.get("proxy_cookie_path", None)
-    domains = None if domains == "off" else domains
-    paths = None if paths == "off" else paths
-    if not domains and not paths:
-        return None
-    d_rules = [_cookie_rule_compile(a, b, table, True) for a, b in domains or []]
-    p_rules = [_cookie_rule_compile(a, b, table, False) for a, b in paths or []]
-
-    def rewrite(r: Any, value: str) -> str:
-        """ngx_http_proxy_rewrite_cookie: the Domain and Path attributes; a rewritten cookie
-        is rebuilt from its trimmed parts, joined with "; " as nginx does."""
-        attrs = []
-        for part in value.split(";"):
-            key, eq, val = part.partition("=")
-            attrs.append([key.strip(" "), val.strip(" ") if eq else None])
-        changed = False
-        for attr in attrs[1:]:
-            k = attr[0].lower()
-            rules = d_rules if k == "domain" else p_rules if k == "path" else None
-            if not rules or attr[1] is None:
-                continue
-            for rule in rules:
-                new = rule(r, attr[1])
-                if new is not None:
-                    attr[1] = new
-                    changed = True
-                    break
-        if not changed:
-            return value
-        return "; ".join(k if v is None else f"{k}={v}" for k, v in attrs)
-
-    return rewrite
-
-
-def _cookie_rule_compile(
-    pattern: str, replacement: str, table: VariableTable, domain: bool
-) -> Callable[[Any, str], str | None]:
-    if pattern.startswith("~"):
-        flags = 0
-        text = pattern[1:]
-        if text.startswith("*"):
-            flags = re.IGNORECASE
-            text = text[1:]
-        rx = compile_pcre(text, flags)
-        repl = _with_captures(replacement, table, rx)
-
-        def regex_rule(r: Any, v: str) -> str | None:
-            m = rx.match(v)
-            return None if m is None else repl(r, m)
-
-        return regex_rule
-    pat = compile_complex(pattern, table)
-    rep = compile_complex(replacement, table)
-    if domain:
-
-        def domain_rule(r: Any, v: str) -> str | None:
-            p = pat(r).lstrip(".")
-            vv = v[1:] if v.startswith(".") else v
-            if vv.lower() != p.lower():
-                return None
-            return (v[:1] if v.startswith(".") else "") + rep(r)
-
-        return domain_rule
-
-    def path_rule(r: Any, v: str) -> str | None:
-        p = pat(r)
-        if not v.startswith(p):
-            return None
-        return rep(r) + v[len(p) :]
-
-    return path_rule
 
 
 _SSL_SLOTS = (
@@ -785,276 +596,11 @@ def finish(http: Context, conf: Any) -> None:
     _SSL_CACHE.clear()
 
 
-# -- the URI ----------------------------------------------------------------------------------
-
-# NGX_ESCAPE_URI: " ", "#", "%", "?", controls and non-ASCII bytes.
-_ESCAPE = re.compile(rb"[\x00-\x20#%?\x7f-\xff]")
-
-
-def escape_uri(data: bytes) -> bytes:
-    if _ESCAPE.search(data) is None:
-        return data
-    return _ESCAPE.sub(lambda m: b"%%%02X" % m.group()[0], data)
-
-
-def _unparsed(r: Any) -> str:
-    """nginx's r->unparsed_uri: the request target without an absolute-form's scheme://host."""
-    target: str = r.request_uri
-    if target[:1] != "/" and "://" in target[:10]:
-        rest = target.split("://", 1)[1]
-        slash = rest.find("/")
-        q = rest.find("?")
-        if slash < 0 or (0 <= q < slash):
-            return "/" + rest[q:] if q >= 0 else "/"
-        return rest[slash:]
-    return target
-
-
-def upstream_uri(r: Any, conf: ProxyConf, uri_part: str, from_variables: bool) -> str:
-    """The request line's URI (ngx_http_proxy_create_request).
-
-    Text as the request head was read (its characters are its bytes, latin-1); the parts nginx
-    re-escapes are escaped from $uri's bytes (UTF-8), so the result is ASCII there.
-    """
-    if from_variables and uri_part:
-        return uri_part
-    if not uri_part and r.valid_unparsed_uri:
-        return _unparsed(r)
-    valid_location = r.valid_location
-    loc_len = len(conf.location) if (valid_location and uri_part) else 0
-    rest = r.uri[loc_len:]
-    if r.internal or "%" in _unparsed(r).partition("?")[0]:
-        rest = escape_uri(rest.encode("utf-8", "surrogateescape")).decode("ascii")
-    out = uri_part + rest if valid_location and uri_part else rest
-    if r.args:
-        return f"{out}?{r.args}"
-    return out
-
-
-# -- the content handler ---------------------------------------------------------------------
-
-
-def handler(r: Any) -> int | None:
-    """The location's content handler (ngx_http_proxy_handler)."""
-    conf: ProxyConf = r.loc.proxy
-    target = conf.target
-    from_variables = False
-    if target is None:
-        target = _eval_target(r, conf)
-        if isinstance(target, int):
-            return target
-        from_variables = True
-    uri = upstream_uri(r, conf, target.uri, from_variables)
-    if not uri:
-        r.log(ERROR, "zero length URI to proxy")
-        return 500
-    method = conf.method(r) if conf.method is not None else r.method
-    ex = Exchange(r, conf, target, uri)
-    ex.method = method
-    r.upstream = ex
-    framing = r.framing
-    has_body = framing is not None and (framing.chunked or bool(framing.content_length))
-    body_value = None
-    if conf.body is not None:
-        body_value = conf.body(r).encode("utf-8", "surrogateescape")
-    streaming = (
-        has_body
-        and not conf.request_buffering
-        and body_value is None
-        and conf.pass_request_body
-        and (not framing.chunked or conf.http11)
-    )
-    ex.streaming = streaming
-    # $proxy_internal_body_length / $proxy_internal_chunked live in r.extra (made when needed).
-    extra = r.extra
-    if body_value is not None:
-        ex.body = [body_value] if body_value else []
-        extra = _extra(r)
-        extra["proxy_body_length"] = len(body_value)
-    elif conf.pass_request_body and has_body:
-        ex.body = []
-    if streaming and not framing.chunked:
-        extra = _extra(r)
-        extra["proxy_body_length"] = framing.content_length
-    if not has_body:
-        if body_value is None and framing is not None and framing.content_length == 0:
-            _extra(r)["proxy_body_length"] = 0
-        ex.head_bytes = build_head(r, conf, method, uri)
-        ex.start()
-        return DONE
-    extra = _extra(r)
-    kept = extra.get("proxy_body")
-    if kept is not None:
-        # Proxied again (error_page, X-Accel-Redirect): nginx sends the body it read again.
-        if ex.body is not None and body_value is None:
-            ex.body = list(kept)
-        if body_value is None:
-            extra["proxy_body_length"] = sum(len(p) for p in kept)
-        extra.pop("proxy_chunked", None)
-        ex.head_bytes = build_head(r, conf, method, uri)
-        ex.start()
-        return DONE
-    if streaming:
-        ex.body_done = False
-        r.conn.read_body(ex.body_piece, r.loc.client_max_body_size)
-        if r.done:
-            return DONE
-        if framing.chunked:
-            if ex.body_done:
-                # All of it came with the head: nginx sends it with its length.
-                extra["proxy_body_length"] = sum(len(p) for p in ex.body or ())
-            else:
-                extra["proxy_chunked"] = True
-                ex.chunk_body = True
-        ex.head_bytes = build_head(r, conf, method, uri)
-        ex.start()
-        return DONE
-    # proxy_request_buffering on: the whole body first, then the upstream.
-    ex.body_done = False
-    reader = _BodyCollector(r, conf, ex, method, uri, body_value)
-    r.conn.read_body(reader.piece, r.loc.client_max_body_size)
-    return DONE
-
-
-def _extra(r: Any) -> dict[str, Any]:
-    extra = r.extra
-    if extra is None:
-        extra = r.extra = {}
-    return extra  # type: ignore[no-any-return]
-
-
-class _BodyCollector:
-    """Reads the whole client body (proxy_request_buffering on), then starts the exchange."""
-
-    __slots__ = ("r", "conf", "ex", "method", "uri", "size", "set_body", "pieces")
-
-    def __init__(
-        self,
-        r: Any,
-        conf: ProxyConf,
-        ex: Exchange,
-        method: str,
-        uri: bytes,
-        set_body: bytes | None,
-    ) -> None:
-        self.r = r
-        self.conf = conf
-        self.ex = ex
-        self.method = method
-        self.uri = uri
-        self.size = 0
-        self.set_body = set_body
-        self.pieces: list[bytes] = []
-
-    def piece(self, data: bytes | None) -> None:
-        ex = self.ex
-        if data is None:
-            r = self.r
-            if r.done:
-                return
-            pieces = self.pieces
-            r.extra["proxy_body"] = pieces
-            if self.size <= r.loc.client_body_buffer_size:
-                r.body = b"".join(pieces)  # $request_body: nginx has it when in memory
-            if self.set_body is None:
-                # A chunked body was read whole: it goes on with its length.
-                r.extra["proxy_body_length"] = self.size
-            if ex.body is not None and self.set_body is None:
-                ex.body = pieces
-            ex.head_bytes = build_head(r, self.conf, self.method, self.uri)
-            ex.body_done = True
-            ex.start()
-            return
-        if not data:
-            return
-        self.size += len(data)
-        self.pieces.append(data)
-
-
-def _eval_target(r: Any, conf: ProxyConf) -> Target | int:
-    """ngx_http_proxy_eval: a proxy_pass with variables, for this request."""
-    assert conf.dynamic is not None
-    text = conf.dynamic(r)
-    try:
-        url = parse_proxy_url(text)
-    except ProxyUrlError as exc:
-        msg = str(exc)
-        if msg == "invalid URL prefix":
-            r.log(ERROR, f'invalid URL prefix in "{text}"')
-        else:
-            r.log(ERROR, msg)
-        return 500
-    uri = url.uri
-    if uri.startswith("?"):
-        uri = "/" + uri
-    groups = conf.groups
-    group = groups.find(url.host, url.port, url.default_port) if not url.unix else None
-    if group is None:
-        cache = _runtime_groups(groups)
-        key = (url.host.lower(), url.port if url.port is not None else url.default_port)
-        group = cache.get(key)
-        if group is None:
-            group = literal_group(url)
-            if group is None:
-                r.log(ERROR, f"no resolver defined to resolve {url.host}")
-                return 502
-            if len(cache) < 1024:
-                cache[key] = group
-    return Target(
-        url.schema, url.ssl, group, url.host_header, url.port_text, uri, url.unix, url.text
-    )
-
-
-def _runtime_groups(groups: Groups) -> dict[Any, HttpGroup]:
-    cache: dict[Any, HttpGroup] | None = getattr(groups, "runtime", None)
-    if cache is None:
-        cache = {}
-        groups.runtime = cache  # type: ignore[attr-defined]
-    return cache
-
-
-def build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
-    """The request head to the upstream, as one bytes object (one encode)."""
-    parts = [method, " ", uri, conf.version_text, conf.head_const]
-    append = parts.append
-    if conf.plan:
-        extra = r.extra
-        for kind, name, fn in conf.plan:
-            if kind == _VALUE:
-                v = fn(r)
-            elif kind == _BODY_LENGTH:
-                n = extra.get("proxy_body_length") if extra else None
-                if n is None:
-                    continue
-                v = str(n)
-            elif kind == _CHUNKED:
-                if not (extra and extra.get("proxy_chunked")):
-                    continue
-                v = "chunked"
-            else:
-                append(name)  # a constant line after variable ones
-                continue
-            if v:
-                append(f"{name}: {v}\r\n")
-    if conf.pass_request_headers:
-        skip = conf.skip
-        for name, value in r.header_list:
-            if name.lower() not in skip:
-                append(f"{name}: {value}\r\n")
-    append("\r\n")
-    text = "".join(parts)
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
-
-
 __all__ = [
     "DEFAULT_HEADERS",
     "HttpProxySsl",
     "ProxyConf",
     "Target",
-    "build_head",
     "configure",
     "declare",
     "escape_uri",

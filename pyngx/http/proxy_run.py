@@ -13,8 +13,8 @@ high-water mark; with `on` it goes on reading ahead (into the client transport's
 memory: pyngx has no temporary files) up to `readahead` bytes, so a slow client does not hold
 the upstream connection for small and medium responses (see proxy.py for the bound).
 
-Per-try bookkeeping (`_State`) feeds $upstream_addr, $upstream_status and the other
-$upstream_* variables, with nginx's formatting (", " between tries, "-" for unknown).
+Per-try bookkeeping (`TryState`, proxy_state.py) feeds the $upstream_* variables. Opening a
+connection is proxy_connect.py's, the response head copy proxy_headers.py's.
 """
 
 from __future__ import annotations
@@ -22,23 +22,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ERROR, INFO, WARN
+from pyngx.http.proxy_connect import Connector
+from pyngx.http.proxy_headers import copy_headers, redirect_keep
 from pyngx.http.proxy_response import (
     BadHead,
     ChunkedDecoder,
     ChunkedError,
     Head,
     parse_head,
-    refresh_prefix,
-    rewrite_redirect,
-    set_cookie_value,
 )
+from pyngx.http.proxy_state import TryState, UpstreamVars
 from pyngx.http.request import DONE
-from pyngx.http.upstream_pool import UP_HIGH_WATER, UP_LOW_WATER, UpstreamConn
+from pyngx.http.upstream_pool import UpstreamConn
 
 if TYPE_CHECKING:
     from pyngx.http.proxy import ProxyConf, Target
@@ -96,34 +94,7 @@ def _strerror(code: int) -> str:
     return f"({code}: {os.strerror(code)})"
 
 
-class _State:
-    """One try: nginx's ngx_http_upstream_state_t (times in seconds, -1 unknown)."""
-
-    __slots__ = (
-        "peer",
-        "status",
-        "start",
-        "connect",
-        "header",
-        "response",
-        "length",
-        "received",
-        "sent",
-    )
-
-    def __init__(self, start: float) -> None:
-        self.peer: str | None = None
-        self.status = 0
-        self.start = start
-        self.connect = -1.0
-        self.header = -1.0
-        self.response = -1.0
-        self.length = 0
-        self.received = 0
-        self.sent = 0
-
-
-class Exchange:
+class Exchange(Connector, UpstreamVars):
     __slots__ = (
         "r",
         "conf",
@@ -178,10 +149,10 @@ class Exchange:
         prev = r.upstream
         # A request that passes through several proxied locations (error_page, X-Accel-
         # Redirect) lists every group in $upstream_*, groups separated by " : ".
-        self.states: list[_State | None] = []
+        self.states: list[TryState | None] = []
         if isinstance(prev, Exchange):
             self.states = [*prev.states, None]
-        self.state: _State | None = None
+        self.state: TryState | None = None
         self.balancer: Any = None
         self.pick: Any = None
         self.peer: Any = None
@@ -240,7 +211,7 @@ class Exchange:
         prev = self.state
         if prev is not None and prev.response < 0:
             prev.response = now - prev.start
-        st = self.state = _State(now)
+        st = self.state = TryState(now)
         self.states.append(st)
         self.phase = _CONNECTING
         self.buf = b""
@@ -271,111 +242,6 @@ class Exchange:
         self.connect_task = asyncio.ensure_future(self._open(pc.addr, pc.name))
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
 
-    async def _open(self, addr: Any, key: str) -> None:
-        loop = self.loop
-        conf = self.conf
-        ssl_conf = conf.ssl
-        if self.target.ssl and ssl_conf is not None and ssl_conf.session_reuse:
-            from pyngx.stream import tls
-
-            # Set before connecting: uvloop runs the TLS object's creation in the context
-            # the transport was created in (tls._ClientContext reads the session from it).
-            tls.NEXT_SESSION.set(ssl_conf.sessions.get(self.state.peer or ""))
-        phase = "connect"
-        conn: UpstreamConn | None = None
-        try:
-
-            def factory() -> UpstreamConn:
-                return UpstreamConn(loop, key)
-
-            if addr.family == socket.AF_UNIX:
-                transport, conn = await loop.create_unix_connection(factory, addr.address)
-            else:
-                local = conf.bind
-                transport, conn = await loop.create_connection(
-                    factory, addr.address[0], addr.address[1], local_addr=local
-                )
-                sock = transport.get_extra_info("socket")
-                if sock is not None and conf.socket_keepalive:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if self.target.ssl:
-                phase = "handshake"
-                conn = await self._handshake(conn, transport)
-        except asyncio.CancelledError:
-            if conn is not None and conn.transport is not None:
-                conn.transport.abort()
-            return
-        except (OSError, EOFError, ssl.SSLError) as exc:
-            self.connect_task = None
-            if phase == "connect":
-                code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-                self._connect_failed(
-                    f"connect() failed {_strerror(code)}", "connecting to upstream"
-                )
-            else:
-                from pyngx.stream.session import _upstream_tls_error
-
-                self._connect_failed(
-                    _upstream_tls_error(exc, self._ssl_name()), "SSL handshaking to upstream"
-                )
-            return
-        self.connect_task = None
-        timer = self.connect_timer
-        if timer is not None:
-            timer.cancel()
-            self.connect_timer = None
-        if self.phase != _CONNECTING or self.r.done:
-            conn.abort()
-            if self.r.done and self.phase != _DONE:
-                self.abandon()
-            return
-        self.attach(conn)
-
-    def _ssl_name(self) -> str | None:
-        ssl_conf = self.conf.ssl
-        if ssl_conf is None:
-            return None
-        name = ssl_conf.name(self.r) if ssl_conf.name is not None else self.target.host_header
-        # ngx_http_upstream_ssl_name: a port (from $proxy_host or $http_host) is cut off.
-        if name.startswith("["):
-            end = name.find("]")
-            return name[: end + 1] if end >= 0 else name
-        return name.partition(":")[0]
-
-    async def _handshake(self, conn: UpstreamConn, transport: asyncio.Transport) -> UpstreamConn:
-        ssl_conf = self.conf.ssl
-        assert ssl_conf is not None
-        name = self._ssl_name() or None
-        # Python's ssl sends no SNI for a literal address (RFC 6066), as nginx does not; with
-        # proxy_ssl_verify the name must be given for the check, so SNI goes with it.
-        sni = name.strip("[]") if name and (ssl_conf.server_name or ssl_conf.verify) else None
-        new = await self.loop.start_tls(
-            transport,
-            conn,
-            ssl_conf.ctx,
-            server_hostname=sni,
-            ssl_handshake_timeout=self.conf.connect_timeout + 1,
-        )
-        if new is None:
-            raise ConnectionResetError(errno.ECONNRESET, "handshake failed")
-        conn.transport = new  # type: ignore[assignment]
-        new.set_write_buffer_limits(UP_HIGH_WATER, UP_LOW_WATER)
-        conn.ssl = True
-        self._save_session(conn)
-        return conn
-
-    def _save_session(self, conn: UpstreamConn) -> None:
-        """proxy_ssl_session_reuse: keep the peer's session for the next handshake. With TLS
-        1.3 the ticket comes after the handshake, so this runs again when a response is in
-        (nginx saves from OpenSSL's new-session callback)."""
-        ssl_conf = self.conf.ssl
-        if ssl_conf is None or not ssl_conf.session_reuse or self.state is None:
-            return
-        obj = conn.transport.get_extra_info("ssl_object")
-        session = obj.session if obj is not None else None
-        if session is not None and (session.has_ticket or obj.version() != "TLSv1.3"):
-            ssl_conf.sessions[self.state.peer or ""] = session
-
     def _connect_timed_out(self) -> None:
         self.connect_timer = None
         task = self.connect_task
@@ -401,6 +267,18 @@ class Exchange:
             return
         self.log(ERROR, message, action)
         self.next(FT_ERROR)
+
+    def _connected(self, conn: UpstreamConn) -> None:
+        timer = self.connect_timer
+        if timer is not None:
+            timer.cancel()
+            self.connect_timer = None
+        if self.phase != _CONNECTING or self.r.done:
+            conn.abort()
+            if self.r.done and self.phase != _DONE:
+                self.abandon()
+            return
+        self.attach(conn)
 
     # -- sending the request ------------------------------------------------------------------
 
@@ -621,7 +499,7 @@ class Exchange:
                 self._intercept(head, data)
                 return
         # One pass: the client's head, and what the headers say about framing.
-        self._copy_headers(head)
+        copy_headers(self, head)
         if head.accel_redirect is not None and conf.accel_redirect:
             self._accel_redirect(head)
             return
@@ -744,11 +622,7 @@ class Exchange:
         # Headers that survive the redirect (nginx's `redirect` flag in its header table).
         hide = self.conf.hide
         r.out.status_line = None
-        r.out.headers = [
-            (name, value)
-            for name, value in head.pairs()
-            if name.lower() in _REDIRECT_KEEP and name.lower() not in hide
-        ]
+        r.out.headers = redirect_keep(head, hide)
         if r.method != "HEAD":
             r.method = "GET"
         if target.startswith("@"):
@@ -758,97 +632,6 @@ class Exchange:
         from urllib.parse import unquote
 
         r.internal_redirect(unquote(uri), args if q else "")
-
-    def _copy_headers(self, head: Head) -> None:
-        """ngx_http_upstream_process_headers: the client's response head from the upstream's,
-        in one pass that also records Content-Length, chunked, Connection and X-Accel-*
-        (nginx's header handlers run whether or not the header is hidden)."""
-        r = self.r
-        conf = self.conf
-        out = r.out
-        r.status = head.status
-        out.status_line = head.status_line
-        actions = conf.actions
-        headers = out.headers
-        for line in head.lines:
-            name, _, value = line.partition(":")
-            low = name.lower()
-            act = actions.get(low)
-            if act is None:
-                headers.append((name, value.strip(" ")))
-                continue
-            if act == A_HIDE:
-                continue
-            value = value.strip(" ")
-            if act == A_CT:
-                out.content_type = value
-                out.charset = None
-                continue
-            if act == A_CL:
-                head.content_length = int(value) if value.isdigit() else None
-                continue
-            if act == A_TE:
-                if "chunked" in value.lower():
-                    head.chunked = True  # 1.22: any mention of "chunked"
-                continue
-            if act == A_CONN:
-                if "close" in value.lower():
-                    head.close = True
-                continue
-            if act in (A_XAR, A_XAR_PASS):
-                head.accel_redirect = value
-                if act == A_XAR:
-                    continue
-            elif act in (A_XAB, A_XAB_PASS):
-                if head.accel_buffering is None:
-                    head.accel_buffering = value.lower()
-                if act == A_XAB:
-                    continue
-            else:
-                new = self._rewrite(low, value)
-                if new is None:
-                    continue
-                value = new
-            headers.append((name, value))
-        if head.chunked:
-            head.content_length = None
-        out.content_length = head.content_length
-        if conf.pass_server:
-            out.no_server = True
-        if conf.pass_date:
-            out.no_date = True
-        ab = head.accel_buffering
-        if ab is not None and not conf.ignore_accel_buffering:
-            if ab == "yes":
-                self.buffering = True
-            elif ab == "no":
-                self.buffering = False
-
-    def _rewrite(self, low: str, value: str) -> str | None:
-        """Location and Refresh (proxy_redirect), Set-Cookie (proxy_cookie_*); None when the
-        value moved to the response head's own field (a rewritten relative Location)."""
-        r = self.r
-        conf = self.conf
-        redirects = conf.redirects
-        if low == "location":
-            if redirects is not None and value:
-                new = rewrite_redirect(redirects, r, value, 0)
-                if new is not None:
-                    if new.startswith("/") and r.loc.absolute_redirect:
-                        # Made absolute by the header filter, as nginx does (only then).
-                        r.out.location = new
-                        return None
-                    return new
-        elif low == "refresh":
-            if redirects is not None:
-                at = refresh_prefix(value)
-                if at >= 0:
-                    new = rewrite_redirect(redirects, r, value, at)
-                    if new is not None:
-                        return new
-        elif conf.cookie_rewrite is not None:
-            return conf.cookie_rewrite(r, value)
-        return value
 
     # -- the response body ------------------------------------------------------------------------
 
@@ -1169,109 +952,5 @@ class Exchange:
             action = _ACTION[self.phase]
         self.r.log(level, f"{message} while {action}")
 
-    # -- $upstream_* ------------------------------------------------------------------------------
-
-    def _join(self, fn: Any) -> str:
-        parts: list[str] = []
-        sep = ""
-        for st in self.states:
-            if st is None:
-                sep = " : "
-                continue
-            if parts:
-                parts.append(sep or ", ")
-            sep = ""
-            parts.append(fn(st))
-        return "".join(parts)
-
-    def var_addr(self) -> str | None:
-        return self._join(lambda s: s.peer or "") if self.states else None
-
-    def var_status(self) -> str | None:
-        return self._join(lambda s: str(s.status) if s.status else "-") if self.states else None
-
-    @staticmethod
-    def _ms(t: float) -> str:
-        return "-" if t < 0 else f"{max(t, 0.0):.3f}"
-
-    def var_response_time(self) -> str | None:
-        return self._join(lambda s: self._ms(s.response)) if self.states else None
-
-    def var_connect_time(self) -> str | None:
-        return self._join(lambda s: self._ms(s.connect)) if self.states else None
-
-    def var_header_time(self) -> str | None:
-        return self._join(lambda s: self._ms(s.header)) if self.states else None
-
-    def var_response_length(self) -> str | None:
-        return self._join(lambda s: str(s.length)) if self.states else None
-
-    def var_bytes_received(self) -> str | None:
-        return self._join(lambda s: str(s.received)) if self.states else None
-
-    def var_bytes_sent(self) -> str | None:
-        return self._join(lambda s: str(s.sent)) if self.states else None
-
-    def var_proxy_host(self) -> str:
-        return self.target.host_header
-
-    def var_proxy_port(self) -> str:
-        return self.target.port_text
-
-    def var_cache_status(self) -> None:
-        return None
-
-    def header(self, name: str) -> str | None:
-        head = self.head_in
-        if head is None:
-            return None
-        for n, v in head.pairs():
-            if n.lower() == name:
-                return v
-        return None
-
-    def cookie(self, name: str) -> str | None:
-        head = self.head_in
-        return None if head is None else set_cookie_value(head.pairs(), name)
-
-
-# What the response head copy does with a header (ProxyConf.actions, by lower-case name):
-# not listed: passed as is.
-A_HIDE, A_CT, A_CL, A_TE, A_CONN, A_XAR, A_XAR_PASS, A_XAB, A_XAB_PASS, A_REWRITE = range(10)
-
-
-def header_actions(
-    hide: frozenset[str], redirects: bool, cookies: bool
-) -> dict[str, int]:
-    """The copy's table for one location: its hidden headers, the headers nginx processes
-    itself (never passed: Content-Length, Transfer-Encoding, Connection, Keep-Alive), and the
-    rewritten ones (Location/Refresh with proxy_redirect, Set-Cookie with proxy_cookie_*)."""
-    actions = {name: A_HIDE for name in hide}
-    actions.update(
-        {"content-length": A_CL, "transfer-encoding": A_TE, "connection": A_CONN,
-         "keep-alive": A_HIDE}
-    )
-    actions["x-accel-redirect"] = A_XAR if "x-accel-redirect" in hide else A_XAR_PASS
-    actions["x-accel-buffering"] = A_XAB if "x-accel-buffering" in hide else A_XAB_PASS
-    if "content-type" not in hide:
-        actions["content-type"] = A_CT
-    if redirects:
-        for name in ("location", "refresh"):
-            if name not in hide:
-                actions[name] = A_REWRITE
-    if cookies and "set-cookie" not in hide:
-        actions["set-cookie"] = A_REWRITE
-    return actions
-# ngx_http_upstream_headers_in entries with `redirect` set: kept on X-Accel-Redirect.
-# (Content-Type too in nginx, where it only sets a field the new handler sets again.)
-_REDIRECT_KEEP = frozenset(
-    (
-        "set-cookie",
-        "content-disposition",
-        "cache-control",
-        "expires",
-        "accept-ranges",
-    )
-)
 
 __all__ = ["DONE", "Exchange", "FT_BY_STATUS", "FT_ERROR", "FT_OFF", "FT_TIMEOUT"]

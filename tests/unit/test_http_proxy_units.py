@@ -17,6 +17,7 @@ from pyngx.http.proxy import (
     escape_uri,
     upstream_uri,
 )
+from pyngx.http.proxy_headers import A_CL, A_CT, A_HIDE, A_REWRITE, A_XAR, header_actions
 from pyngx.http.proxy_response import (
     BadHead,
     ChunkedDecoder,
@@ -27,7 +28,6 @@ from pyngx.http.proxy_response import (
     rewrite_redirect,
     set_cookie_value,
 )
-from pyngx.http.proxy_run import A_CL, A_CT, A_HIDE, A_REWRITE, A_XAR, header_actions
 from pyngx.http.upstream_groups import ProxyUrlError, parse_proxy_url
 from pyngx.http.upstream_pool import KeepalivePool, UpstreamConn
 
