@@ -640,6 +640,19 @@ class HttpConnection(asyncio.Protocol):
         self.timer_kind = ""
         self.transport.close()
 
+    def detach(self) -> bytes:
+        """Hand the connection to a tunnel (an upgraded request, pyngx/http/proxy_tunnel.py):
+        no more timers or parsing here; returns what the client sent after the request head.
+        The tunnel sets its own protocol on `transport`, forwards connection_lost here, and
+        ends the request with close_request."""
+        self._cancel_timer()
+        self.on_drain = None
+        data, self.buf = self.buf, b""
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
     def set_timer(self, kind: str, timeout: float) -> None:
         """For handlers: e.g. send_timeout while a slow client drains a response."""
         self._arm(kind, timeout)

@@ -12,6 +12,7 @@ from pyngx.http import (
     limit_conn,
     limit_req,
     maps,
+    proxy,
     realip,
     rewrite,
     ssl,
@@ -33,6 +34,7 @@ def register_http(reg: Registry) -> None:
         access.MODULE,
         stub_status.MODULE,
         autoindex_handler,
+        proxy,
         cache,
         # Last: its variables may not take the name of another module's built-in one.
         maps.MODULE,

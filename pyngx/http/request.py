@@ -103,6 +103,9 @@ class ResponseHead:
         "location",
         "charset",
         "accept_ranges",
+        "status_line",
+        "no_server",
+        "no_date",
     )
 
     def __init__(self) -> None:
@@ -114,6 +117,11 @@ class ResponseHead:
         self.location: str | None = None
         self.charset: str | None = None
         self.accept_ranges = False
+        # A proxied response: the upstream's status line (after "HTTP/1.x "), and whether
+        # its Server/Date were passed (proxy_pass_header), so none of ours is added.
+        self.status_line: str | None = None
+        self.no_server = False
+        self.no_date = False
 
 
 class Request:
@@ -159,6 +167,8 @@ class Request:
         "err_status",
         "limit_rate",
         "cleanups",
+        "valid_location",
+        "valid_unparsed_uri",
     )
 
     def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
@@ -192,6 +202,11 @@ class Request:
         # Run once when the request ends, after its log line (nginx's request pool cleanups:
         # limit_conn gives its counts back there).
         self.cleanups: list[Callable[[], None]] | None = None
+        # nginx's r->valid_location / r->valid_unparsed_uri (what proxy_pass sends): cleared
+        # when the URI is changed without a new location search (`rewrite ... break`) or at
+        # all (any rewrite, `set $args`, an internal redirect).
+        self.valid_location = True
+        self.valid_unparsed_uri = True
 
     # -- logging --------------------------------------------------------------------------
 
@@ -242,10 +257,13 @@ class Request:
     def _phases(self, *, server_rewrite: bool, find: bool = True) -> None:
         if server_rewrite and self.srv.script is not None:
             self.loc = self.srv.conf
+            before = self.uri, self.args
             st = self.srv.script.run(self)
             if st is not None:
                 self.finalize(st)
                 return
+            if (self.uri, self.args) != before:
+                self.valid_unparsed_uri = False
         while True:
             if find:
                 st = self._find_location()
@@ -256,10 +274,15 @@ class Request:
             script = self.loc.script
             if script is not None:
                 self.uri_changed = False
+                before = self.uri, self.args
                 st = script.run(self)
                 if st is not None:
                     self.finalize(st)
                     return
+                if (self.uri, self.args) != before:
+                    self.valid_unparsed_uri = False
+                    if self.uri != before[0] and not self.uri_changed:
+                        self.valid_location = False  # rewrite ... break
                 if self.uri_changed:
                     self.uri_changed = False
                     self.uri_changes -= 1
@@ -383,9 +406,11 @@ class Request:
         if args is not None:
             self.args = args
         self.internal = True
+        self.valid_location = True
+        self.valid_unparsed_uri = False
         self.variables = dict(self.variables)
         self.captures = None
-        self.out = ResponseHead()
+        self._fresh_head()
         self._phases(server_rewrite=True)
 
     def named_redirect(self, name: str) -> None:
@@ -404,8 +429,15 @@ class Request:
             return
         self.internal = True
         self.loc = conf
-        self.out = ResponseHead()
+        self._fresh_head()
         self._phases(server_rewrite=False, find=False)
+
+    def _fresh_head(self) -> None:
+        # nginx keeps r->headers_out's list across redirects: an intercepted 401's
+        # WWW-Authenticate reaches the error page's response (ngx_http_upstream_intercept_errors).
+        headers = self.out.headers
+        self.out = ResponseHead()
+        self.out.headers = headers
 
     # -- finalize / special responses ------------------------------------------------------
 
@@ -541,7 +573,11 @@ class Request:
             return b""
         fields = self.head_fields()
         status = self.status
-        parts = [_STATUS_LINES.get(status) or _status_text(status)]
+        status_line = self.out.status_line
+        if status_line is not None:
+            parts = [f"HTTP/1.1 {status_line}\r\n"]
+        else:
+            parts = [_STATUS_LINES.get(status) or _status_text(status)]
         for name, value in fields:
             parts.append(f"{name}: {value}\r\n")
         parts.append("\r\n")
@@ -557,6 +593,7 @@ class Request:
         out = self.out
         if self.err_status:
             self.status = self.err_status
+            out.status_line = None
         status = self.status
         if status in SENT_AS:
             # nginx's own 494-497 go out (and are logged) as 400.
@@ -568,12 +605,17 @@ class Request:
             out.last_modified = None
             out.content_length = None
         location_first = False
-        if out.location is not None and status >= 300:
-            # A path becomes absolute and takes the Location slot of the header filter; a
-            # full URL stays in the headers list, after Connection (nginx's order).
+        if out.location is not None:
+            # nginx's header filter makes any Location starting with "/" absolute (a 201's
+            # too) and writes it in its own slot; a full URL stays in the headers list,
+            # after Connection (nginx's order).
             location_first = out.location.startswith("/") and loc.absolute_redirect
             self._absolute_location()
-        fields = [SERVER_OFF if loc.server_tokens == "off" else SERVER_ON, ("Date", DATE.now())]
+        fields = []
+        if not out.no_server:
+            fields.append(SERVER_OFF if loc.server_tokens == "off" else SERVER_ON)
+        if not out.no_date:
+            fields.append(("Date", DATE.now()))
         if out.content_type is not None:
             if out.charset:
                 fields.append(("Content-Type", f"{out.content_type}; charset={out.charset}"))

@@ -8,6 +8,11 @@ from pyngx.upstream. Balancer state is per worker, as in nginx without a `zone`.
 the group then carries a `DynamicGroup` that each worker's resolver tasks (resolver.py) feed
 with addresses, and that replaces `UpstreamGroup.balancer` when they change. Sessions keep the
 balancer they picked from, so an in-flight session frees its peer where it got it.
+
+The same block serves the http module (`register_http`): there a `server` without a port
+means port 80, `ip_hash` is one more method, and `keepalive` (with `keepalive_requests`,
+`keepalive_timeout`, `keepalive_time`) sizes the per-worker cache of idle connections that
+the http proxy keeps (pyngx/http/upstream_pool.py).
 """
 
 from __future__ import annotations
@@ -38,12 +43,20 @@ from pyngx.upstream import Balancer, BalancerError, Peer, PeerConf, PickContext,
 from pyngx.upstream.zone import SharedPeer, Zone, ZonedBalancer
 
 UPSTREAM = "stream_upstream"
+HTTP_UPSTREAM = "http_upstream"
 # Where `zone` records the shared memory zones (root context), name -> size (0: not yet given).
 SHM_ZONES = "shm_zones"
 _ZONE_SIZE = re.compile(r"(\d+)([kKmM]?)")
 _ZONE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 # Methods whose nginx module leaves NGX_STREAM_UPSTREAM_BACKUP out of the upstream's flags.
-_NO_BACKUP = ("hash", "hash consistent", "random", "random two", "random two least_conn")
+_NO_BACKUP = (
+    "hash",
+    "hash consistent",
+    "ip_hash",
+    "random",
+    "random two",
+    "random two least_conn",
+)
 
 
 @dataclass(slots=True)
@@ -73,6 +86,12 @@ class UpstreamConf:
     zone: str | None = None
     # The configuration's variables (built-ins and its `map`s), for the `hash` key.
     variables: VariableTable = field(default_factory=lambda: STREAM_VARIABLES)
+    # http only (ngx_http_upstream_keepalive_module): idle connections cached per worker.
+    keepalive: int = 0
+    keepalive_node: Node | None = None
+    keepalive_requests: int = 1000
+    keepalive_timeout: float = 60.0
+    keepalive_time: float = 3600.0
 
 
 @dataclass(slots=True, eq=False)
@@ -114,7 +133,7 @@ def _upstream(ctx: Context, node: Node) -> None:
         raise node.error(f'duplicate upstream "{name}"')
     conf = UpstreamConf(name, node, variables=ctx.slots["variables"])
     groups[name] = conf
-    child = ctx.child(UPSTREAM, node)
+    child = ctx.child(UPSTREAM if ctx.kind == "stream" else HTTP_UPSTREAM, node)
     child.slots["conf"] = conf
     child.run(node.block or [])
 
@@ -128,7 +147,11 @@ def _server(ctx: Context, node: Node) -> None:
     except UrlError as exc:
         raise node.error(f'{exc.text} in upstream "{text}"') from None
     if url.port is None and not text.startswith("unix:"):
-        raise node.error(f'no port in upstream "{text}"')
+        if ctx.kind != HTTP_UPSTREAM:
+            raise node.error(f'no port in upstream "{text}"')
+        # ngx_http_upstream_server: u.default_port = 80.
+        host = url.host
+        url = parse_url(f"[{host}]:80" if ":" in host else f"{host}:80", resolve=False)
     line = ServerLine(text, url)
     for param in node.args[1:]:
         key, eq, value = param.partition("=")
@@ -171,8 +194,12 @@ def _server(ctx: Context, node: Node) -> None:
 def _method(name: str) -> Callable[[Context, Node], None]:
     def handler(ctx: Context, node: Node) -> None:
         conf: UpstreamConf = ctx.slots["conf"]
-        if conf.method_node is not None:
+        if conf.method_node is not None or conf.keepalive_node is not None:
+            # In http, `keepalive` wraps the method set before it: a method set after it
+            # replaces the wrapper, and the cache is gone (as in nginx, with this warning).
             ctx.warn(node, "load balancing method redefined")
+            conf.keepalive = 0
+            conf.keepalive_node = None
         conf.method_node = node
         if name == "hash":
             conf.hash_key = node.args[0]
@@ -220,6 +247,35 @@ def _zone(ctx: Context, node: Node) -> None:
     conf.zone = name
 
 
+def _keepalive(ctx: Context, node: Node) -> None:
+    conf: UpstreamConf = ctx.slots["conf"]
+    if conf.keepalive:
+        raise node.error('"keepalive" directive is duplicate')
+    try:
+        n = parse_number(node.args[0])
+    except Exception:
+        n = 0
+    if n <= 0:
+        raise node.error(f'invalid value "{node.args[0]}" in "keepalive" directive')
+    conf.keepalive = n
+    conf.keepalive_node = node
+
+
+def _keepalive_value(name: str, parse: Callable[[str], Any]) -> Callable[[Context, Node], None]:
+    def handler(ctx: Context, node: Node) -> None:
+        conf: UpstreamConf = ctx.slots["conf"]
+        if name in ctx.slots:
+            raise node.error(f'"{node.name}" directive is duplicate')
+        ctx.slots[name] = True
+        try:
+            value = parse(node.args[0])
+        except Exception:
+            raise node.error(f'"{node.name}" directive invalid value') from None
+        setattr(conf, name, value)
+
+    return handler
+
+
 def check_zones(root: Context) -> None:
     """ngx_init_cycle's check, after the whole configuration: every zone needs a size."""
     for name, size in root.slots.get(SHM_ZONES, {}).items():
@@ -234,6 +290,25 @@ def register(reg: Registry) -> None:
     reg.add("least_conn", [UPSTREAM], _method("least_conn"), NOARGS)
     reg.add("random", [UPSTREAM], _method("random"), (0, 2))
     reg.add("zone", [UPSTREAM], _zone, TAKE12)
+
+
+def register_http(reg: Registry) -> None:
+    """The http `upstream` block: the stream one's directives plus ip_hash and keepalive."""
+    reg.add("upstream", ["http"], _upstream, TAKE1, block=True)
+    reg.add("server", [HTTP_UPSTREAM], _server, ONEMORE)
+    reg.add("hash", [HTTP_UPSTREAM], _method("hash"), TAKE12)
+    reg.add("ip_hash", [HTTP_UPSTREAM], _method("ip_hash"), NOARGS)
+    reg.add("least_conn", [HTTP_UPSTREAM], _method("least_conn"), NOARGS)
+    reg.add("random", [HTTP_UPSTREAM], _method("random"), (0, 2))
+    reg.add("zone", [HTTP_UPSTREAM], _zone, TAKE12)
+    reg.add("keepalive", [HTTP_UPSTREAM], _keepalive, TAKE1)
+    reg.add(
+        "keepalive_requests", [HTTP_UPSTREAM], _keepalive_value("keepalive_requests", parse_number)
+    )
+    reg.add(
+        "keepalive_timeout", [HTTP_UPSTREAM], _keepalive_value("keepalive_timeout", parse_time)
+    )
+    reg.add("keepalive_time", [HTTP_UPSTREAM], _keepalive_value("keepalive_time", parse_time))
 
 
 def _peer_conf(line: ServerLine, addr: SockAddr) -> PeerConf:
@@ -294,7 +369,7 @@ def build_group(conf: UpstreamConf, resolver: Any = None) -> UpstreamGroup:
         raise node.error(str(exc)) from None
     if zone is not None:
         balancer = ZonedBalancer(balancer, zone)
-    return UpstreamGroup(conf.name, balancer, key, False, False)
+    return UpstreamGroup(conf.name, balancer, key, conf.method == "ip_hash", False)
 
 
 def _address_key(addr: SockAddr) -> int:
