@@ -460,7 +460,9 @@ class HttpConnection(asyncio.Protocol):
         if body is None:
             sink(None)
             return
-        if req is not None and req.framing.expect_continue and body.size == 0 and not body.done:
+        if req is not None and req.framing.expect_continue and body.sink is None:
+            # nginx (1.22) answers the expectation when the body is first read, even if the
+            # body already came with the head.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body.max_size = max_size
         if body.decoder is not None:

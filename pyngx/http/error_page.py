@@ -27,12 +27,12 @@ def run_error_page(r: Any, status: int, target: str, overwrite: int | None) -> b
     if target.startswith("/"):
         if r.method != "HEAD":
             r.method = "GET"
-        uri, q, args = target.partition("?")
-        r.internal_redirect(uri, args if q else None)
+        # The page's own args replace the request's (none: empty), as ngx_http_split_args.
+        uri, _, args = target.partition("?")
+        r.internal_redirect(uri, args)
         return True
     if target.startswith("@"):
-        if r.method != "HEAD":
-            r.method = "GET"
+        # A named location keeps the method (nginx changes it for URIs only).
         r.named_redirect(target)
         return True
     r.out.location = target

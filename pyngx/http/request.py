@@ -417,6 +417,7 @@ class Request:
         conf = self.srv.locations.named(name)
         if conf is None:
             self.log(ERROR, f'could not find named location "{name}"')
+            self.err_status = 0
             self.finalize(500)
             return
         self.uri_changes -= 1
@@ -600,10 +601,10 @@ class Request:
             status = self.status = SENT_AS[status]
         loc = self.loc
         if status == 204:
-            # ngx_http_header_filter: a 204 has no entity headers.
+            # ngx_http_header_filter: a 204 has no Content-Type or Last-Modified (a
+            # proxied Content-Length stays, as nginx 1.22 passes it).
             out.content_type = None
             out.last_modified = None
-            out.content_length = None
         location_first = False
         if out.location is not None:
             # nginx's header filter makes any Location starting with "/" absolute (a 201's

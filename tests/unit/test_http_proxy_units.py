@@ -415,17 +415,22 @@ def test_auto_redirect_and_content_handler(tmp_path: Any) -> None:
         "} }\n"
     )
     cycle = load_cycle(Paths(str(tmp_path) + "/", str(conf)))
-    specs = {s.name: s for s in cycle.http.servers[0].locations.specs}
-    assert {n: s.auto_redirect for n, s in specs.items()} == {
-        "/a/": True,
-        "/b": False,
-        "/c/": True,
-        "/d/": False,
-        "/e/": False,
-        "/f/": True,
-    }
-    assert specs["/a/"].conf.content is proxy.handler
-    assert specs["/e/"].conf.content is None
-    inner = specs["/f/"].children[0]
-    assert inner.conf.content is None and not inner.auto_redirect
+    from pyngx.http.locations import REDIRECT_SLASH
+    from pyngx.http.static import serve
+
+    tree = cycle.http.servers[0].locations
+
+    def conf(uri: str) -> Any:
+        found = tree.find(uri)
+        return None if found is None else found[0]
+
+    # nginx's auto_redirect: a proxied prefix ending in "/" answers its bare name with a 301.
+    assert conf("/a") is REDIRECT_SLASH
+    assert conf("/c") is REDIRECT_SLASH
+    assert conf("/b") is not REDIRECT_SLASH and conf("/b").content is proxy.handler
+    assert conf("/e") is None  # no auto_redirect without proxy_pass
+    assert conf("/f/g") is conf("/f/x")  # the nested /f/g/ has no proxy_pass of its own
+    assert conf("/a/x").content is proxy.handler
+    assert conf("/e/x").content is serve
+    assert conf("/f/g/x").content is serve
     cycle.files.close()
