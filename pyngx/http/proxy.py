@@ -115,18 +115,6 @@ NEXT_UPSTREAM = {
     "updating": 0x800,
     "off": FT_OFF,
 }
-IGNORE_HEADERS = (
-    "X-Accel-Redirect",
-    "X-Accel-Expires",
-    "X-Accel-Limit-Rate",
-    "X-Accel-Buffering",
-    "X-Accel-Charset",
-    "Expires",
-    "Cache-Control",
-    "Set-Cookie",
-    "Vary",
-)
-
 # -- directives ---------------------------------------------------------------------------
 
 
@@ -240,16 +228,6 @@ def _next_upstream(ctx: Context, node: Node) -> None:
     ctx.set_once("proxy_next_upstream", mask, node)
 
 
-def _ignore_headers(ctx: Context, node: Node) -> None:
-    names = set()
-    for arg in node.args:
-        match = [h for h in IGNORE_HEADERS if h.lower() == arg.lower()]
-        if not match:
-            raise node.error(f'invalid value "{arg}"')
-        names.add(arg.lower())
-    ctx.set_once("proxy_ignore_headers", frozenset(names), node)
-
-
 def _bind(ctx: Context, node: Node) -> None:
     arg = node.args[0]
     if arg == "off":
@@ -314,7 +292,6 @@ def register(reg: Registry) -> None:
     add("proxy_next_upstream_timeout", msl, time_slot("proxy_next_upstream_timeout"))
     add("proxy_intercept_errors", msl, flag_slot("proxy_intercept_errors"))
     add("proxy_ignore_client_abort", msl, flag_slot("proxy_ignore_client_abort"))
-    add("proxy_ignore_headers", msl, _ignore_headers, ONEMORE)
     add("proxy_headers_hash_max_size", msl, number_slot("proxy_headers_hash_max_size"))
     add("proxy_headers_hash_bucket_size", msl, number_slot("proxy_headers_hash_bucket_size"))
     add("proxy_bind", msl, _bind, TAKE12)
@@ -490,6 +467,7 @@ def _build_conf(
         bind=get("proxy_bind", None),
         socket_keepalive=get("proxy_socket_keepalive", False),
         version_text=" HTTP/1.1\r\n" if http11 else " HTTP/1.0\r\n",
+        force_ranges=get("proxy_force_ranges", False),
     )
 
 
