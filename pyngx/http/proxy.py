@@ -12,7 +12,8 @@ encode: the head goes out in one write, with a small body.
 The parts: proxy_conf.py (the compiled settings), proxy_request.py (the URI, the head, the
 body, the content handler), proxy_run.py (the exchange with the upstream: ngx_http_upstream),
 proxy_connect.py, proxy_response.py (the response head parser, chunked decoding),
-proxy_headers.py (the client's response head), proxy_redirect.py (proxy_redirect and
+proxy_headers.py (the client's response head), proxy_cache.py (proxy_cache: lookup, hits, store,
+stale, revalidation), proxy_redirect.py (proxy_redirect and
 proxy_cookie_*), proxy_state.py ($upstream_*), proxy_tunnel.py (upgraded connections);
 upstream_groups.py and upstream_pool.py (groups, the keepalive cache).
 
