@@ -12,7 +12,8 @@ encode: the head goes out in one write, with a small body.
 The parts: proxy_conf.py (the compiled settings), proxy_request.py (the URI, the head, the
 body, the content handler), proxy_run.py (the exchange with the upstream: ngx_http_upstream),
 proxy_connect.py, proxy_response.py (the response head parser, chunked decoding),
-proxy_headers.py (the client's response head), proxy_redirect.py (proxy_redirect and
+proxy_headers.py (the client's response head), proxy_cache.py (proxy_cache: lookup, hits, store,
+stale, revalidation), proxy_redirect.py (proxy_redirect and
 proxy_cookie_*), proxy_state.py ($upstream_*), proxy_tunnel.py (upgraded connections);
 upstream_groups.py and upstream_pool.py (groups, the keepalive cache).
 
@@ -115,18 +116,6 @@ NEXT_UPSTREAM = {
     "updating": 0x800,
     "off": FT_OFF,
 }
-IGNORE_HEADERS = (
-    "X-Accel-Redirect",
-    "X-Accel-Expires",
-    "X-Accel-Limit-Rate",
-    "X-Accel-Buffering",
-    "X-Accel-Charset",
-    "Expires",
-    "Cache-Control",
-    "Set-Cookie",
-    "Vary",
-)
-
 # -- directives ---------------------------------------------------------------------------
 
 
@@ -240,16 +229,6 @@ def _next_upstream(ctx: Context, node: Node) -> None:
     ctx.set_once("proxy_next_upstream", mask, node)
 
 
-def _ignore_headers(ctx: Context, node: Node) -> None:
-    names = set()
-    for arg in node.args:
-        match = [h for h in IGNORE_HEADERS if h.lower() == arg.lower()]
-        if not match:
-            raise node.error(f'invalid value "{arg}"')
-        names.add(arg.lower())
-    ctx.set_once("proxy_ignore_headers", frozenset(names), node)
-
-
 def _bind(ctx: Context, node: Node) -> None:
     arg = node.args[0]
     if arg == "off":
@@ -314,7 +293,6 @@ def register(reg: Registry) -> None:
     add("proxy_next_upstream_timeout", msl, time_slot("proxy_next_upstream_timeout"))
     add("proxy_intercept_errors", msl, flag_slot("proxy_intercept_errors"))
     add("proxy_ignore_client_abort", msl, flag_slot("proxy_ignore_client_abort"))
-    add("proxy_ignore_headers", msl, _ignore_headers, ONEMORE)
     add("proxy_headers_hash_max_size", msl, number_slot("proxy_headers_hash_max_size"))
     add("proxy_headers_hash_bucket_size", msl, number_slot("proxy_headers_hash_bucket_size"))
     add("proxy_bind", msl, _bind, TAKE12)
@@ -490,6 +468,7 @@ def _build_conf(
         bind=get("proxy_bind", None),
         socket_keepalive=get("proxy_socket_keepalive", False),
         version_text=" HTTP/1.1\r\n" if http11 else " HTTP/1.0\r\n",
+        force_ranges=get("proxy_force_ranges", False),
     )
 
 

@@ -80,6 +80,7 @@ class ProxyConf:
     bind: tuple[str, int] | None
     socket_keepalive: bool
     version_text: str = " HTTP/1.0\r\n"
+    force_ranges: bool = False  # proxy_force_ranges (cached responses)
 
 
 __all__ = ["BODY_LENGTH", "CHUNKED", "CONST", "VALUE", "HttpProxySsl", "ProxyConf", "Target"]

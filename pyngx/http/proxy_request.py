@@ -98,6 +98,16 @@ def handler(r: Any) -> int | None:
     ex = Exchange(r, conf, target, uri)
     ex.method = method
     r.upstream = ex
+    if r.loc.cache is not None:
+        from pyngx.http import proxy_cache
+
+        return proxy_cache.start(r, ex, lambda: _go(r, conf, ex, uri))  # type: ignore[no-any-return]
+    return _go(r, conf, ex, uri)
+
+
+def _go(r: Any, conf: ProxyConf, ex: Exchange, uri: str) -> int | None:
+    """The request goes upstream (after the cache, if any): the body, then the exchange."""
+    method = ex.method
     framing = r.framing
     has_body = framing is not None and (framing.chunked or bool(framing.content_length))
     body_value = None
@@ -259,8 +269,15 @@ def _runtime_groups(groups: Groups) -> dict[Any, HttpGroup]:
     return cache
 
 
-def build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
-    """The request head to the upstream, as one bytes object (one encode)."""
+def build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -> bytes:
+    """The request head to the upstream, as one bytes object (one encode).
+
+    With a cache lookup that may store the response (nginx's headers_cache), the client's
+    conditional and Range headers stay behind and the revalidation headers go instead."""
+    if lk is None:
+        ex = r.upstream
+        lk = ex.cache if ex is not None else None
+    skip = conf.skip
     parts = [method, " ", uri, conf.version_text, conf.head_const]
     append = parts.append
     if conf.plan:
@@ -282,8 +299,14 @@ def build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
                 continue
             if v:
                 append(f"{name}: {v}\r\n")
+    if lk is not None and lk.cacheable:
+        from pyngx.http.cache import UNFORWARDED_HEADERS
+
+        skip = skip | UNFORWARDED_HEADERS
+        for name, value in lk.revalidation_headers():
+            if name.lower() not in conf.skip:
+                append(f"{name}: {value}\r\n")
     if conf.pass_request_headers:
-        skip = conf.skip
         for name, value in r.header_list:
             if name.lower() not in skip:
                 append(f"{name}: {value}\r\n")

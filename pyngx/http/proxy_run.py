@@ -132,6 +132,8 @@ class Exchange(Connector, UpstreamVars):
         "sent",
         "close_after",
         "chunk_body",
+        "cache",
+        "writer",
     )
 
     def __init__(self, r: Request, conf: ProxyConf, target: Target, uri: str) -> None:
@@ -177,6 +179,12 @@ class Exchange(Connector, UpstreamVars):
         self.sent = 0
         self.close_after = True
         self.chunk_body = False  # the streamed body goes chunked (to an HTTP/1.1 upstream)
+        self.cache: Any = None  # the request's CacheLookup (proxy_cache.py), None: no cache
+        self.writer: Any = None  # the cache Writer the body goes to (a response being stored)
+
+    def var_cache_status(self) -> str | None:  # type: ignore[override]
+        lk = self.cache
+        return None if lk is None else lk.status  # type: ignore[no-any-return]
 
     # -- start --------------------------------------------------------------------------------
 
@@ -491,9 +499,14 @@ class Exchange(Connector, UpstreamVars):
         assert st is not None
         st.status = status
         self.head_in = head
+        lk = self.cache
         if status >= 300:
+            if lk is not None and status == 304 and self._revalidated(head, data):
+                return
             ft = FT_BY_STATUS.get(status)
             if ft is not None and self._test_next(ft):
+                return
+            if lk is not None and ft is not None and self._stale(ft, head, data):
                 return
             if conf.intercept_errors and status in r.loc.error_pages:
                 self._intercept(head, data)
@@ -526,9 +539,15 @@ class Exchange(Connector, UpstreamVars):
         if upgrade:
             self._upgrade(rest)
             return
+        if lk is not None and not lk.closed:
+            self._store(head, data)
         if self.length == 0:
             if rest:
                 self.keepalive = False
+            w = self.writer
+            if w is not None:
+                self.writer = None
+                w.commit()
             self._release()
             self.header_sent = True
             if r.method == "HEAD" or status in (204, 304):
@@ -552,6 +571,11 @@ class Exchange(Connector, UpstreamVars):
             else:
                 self.keepalive = not head.close
             st.length = len(rest)
+            w = self.writer
+            if w is not None:
+                self.writer = None
+                w.write(rest)
+                w.commit()
             self._release()
             self.header_sent = True
             r.send_response(status, rest)
@@ -560,8 +584,9 @@ class Exchange(Connector, UpstreamVars):
         self.phase = _BODY
         self.header_sent = True
         r.send_head()
-        if r.method == "HEAD":
+        if r.method == "HEAD" and self.writer is None:
             # The client asked HEAD but the upstream was asked something else (proxy_method).
+            # (A response being cached is read whole: the client gets the head only.)
             self.keepalive = False
             self._release()
             self._done_client()
@@ -608,6 +633,12 @@ class Exchange(Connector, UpstreamVars):
         )
         self.keepalive = no_body and not head.close and len(data) == head.size
         self._release()
+        lk = self.cache
+        if lk is not None:
+            # An intercepted error is cached (without a body) when proxy_cache_valid says so.
+            from pyngx.http.cache import store_error
+
+            store_error(lk, status)
         self.finalize(status)
 
     def _accel_redirect(self, head: Head) -> None:
@@ -615,6 +646,8 @@ class Exchange(Connector, UpstreamVars):
         target = head.accel_redirect
         assert target is not None
         r = self.r
+        if self.cache is not None:
+            self._drop_cache()
         self.keepalive = False
         self._release()
         self._cleanup_client()
@@ -686,6 +719,9 @@ class Exchange(Connector, UpstreamVars):
 
     def _send(self, data: bytes) -> None:
         r = self.r
+        w = self.writer
+        if w is not None:
+            w.write(data)
         r.send_body(data)
         client = r.conn
         if client.writing_paused and not self.paused:
@@ -711,6 +747,10 @@ class Exchange(Connector, UpstreamVars):
 
     def _complete(self) -> None:
         """The whole response body was relayed."""
+        w = self.writer
+        if w is not None:
+            self.writer = None
+            w.commit()
         self._release()
         self._done_client()
 
@@ -747,6 +787,9 @@ class Exchange(Connector, UpstreamVars):
         self.phase = _DONE
         r = self.r
         self._cleanup_client()
+        lk = self.cache
+        if lk is not None:
+            self._drop_cache()
         if not finished:
             r.finish()
         # The access log has its $upstream_* now: dropping the request's reference frees the
@@ -769,6 +812,7 @@ class Exchange(Connector, UpstreamVars):
 
     def next(self, ft: int) -> None:
         """ngx_http_upstream_next: count the failure, then another try or an error."""
+        base = ft
         conn = self.conn
         st = self.state
         assert st is not None
@@ -803,6 +847,8 @@ class Exchange(Connector, UpstreamVars):
             or (self.request_sent and self.streaming)
             or (timeout and now - self.started >= timeout)
         ):
+            if self.cache is not None and self._stale(base, None, b""):
+                return
             self.finalize(status)
             return
         self.connect()
@@ -829,6 +875,8 @@ class Exchange(Connector, UpstreamVars):
         self._stop_connecting()
         self.phase = _DONE
         self._cleanup_client()
+        if self.cache is not None:
+            self._drop_cache(status if not self.header_sent else 0)
         r = self.r
         if r.done:
             return
@@ -880,6 +928,8 @@ class Exchange(Connector, UpstreamVars):
             tunnel.close()
         self.phase = _DONE
         self._cleanup_client()
+        if self.cache is not None:
+            self._drop_cache()
 
     def client_gone(self) -> None:
         """r.on_abort: the client closed before the response was complete."""
@@ -902,12 +952,99 @@ class Exchange(Connector, UpstreamVars):
             st.status = 0
         self.abandon()
 
+    # -- the cache (proxy_cache.py) -------------------------------------------------------------
+
+    def _store(self, head: Head, data: bytes) -> None:
+        """ngx_http_upstream_send_response's cache part: a Writer for the de-chunked body
+        when the response is to be stored (never unbuffered: nginx caches buffered only)."""
+        lk = self.cache
+        if not self.buffering:
+            lk.close()
+            return
+        from pyngx.http.cache import store_writer
+
+        self.writer = store_writer(
+            self.r,
+            lk.settings,
+            lk,
+            head.status,
+            head.pairs(),
+            raw_head=data[: head.size],
+            reason=head.status_line[4:],
+            expected_length=None if head.chunked else head.content_length,
+        )
+
+    def _revalidated(self, head: Head, data: bytes) -> bool:
+        """A 304 to proxy_cache_revalidate's conditional request: the entry, refreshed."""
+        from pyngx.http.cache import revalidated
+
+        lk = self.cache
+        entry = revalidated(self.r, lk.settings, lk, head.pairs())
+        if entry is None:
+            return False
+        head.framing()
+        self.keepalive = not head.close and len(data) == head.size
+        self._serve_cached(entry)
+        return True
+
+    def _stale(self, ft: int, head: Head | None, data: bytes) -> bool:
+        """proxy_cache_use_stale: the expired entry instead of this failure."""
+        from pyngx.http.proxy_cache import STALE_CONDITION
+
+        cond = STALE_CONDITION.get(ft & ~FT_NON_IDEMPOTENT)
+        lk = self.cache
+        if cond is None or self.header_sent or lk.closed:
+            return False
+        entry = lk.stale(cond)
+        if entry is None:
+            return False
+        if head is not None:
+            head.framing()
+            no_body = head.status in (204, 304) or (
+                not head.chunked and head.content_length == 0
+            )
+            self.keepalive = no_body and not head.close and len(data) == head.size
+        else:
+            self.keepalive = False
+        self._serve_cached(entry)
+        return True
+
+    def _serve_cached(self, entry: Any) -> None:
+        """Done with the upstream; the client gets the cached entry (STALE, REVALIDATED)."""
+        from pyngx.http.proxy_cache import serve_now
+
+        self._release()
+        self._stop_connecting()
+        self.phase = _DONE
+        self._cleanup_client()
+        self.header_sent = True
+        serve_now(self.r, self, self.cache, entry)
+
+    def _drop_cache(self, status: int = 0) -> None:
+        """The request is done with the cache: a response being stored is dropped (unless
+        complete), nginx's own 502/504 is cached when proxy_cache_valid covers it."""
+        w = self.writer
+        if w is not None:
+            self.writer = None
+            w.abort()
+        lk = self.cache
+        if lk.closed:
+            return
+        if status in (502, 504):
+            from pyngx.http.cache import store_error
+
+            store_error(lk, status)
+        else:
+            lk.close()
+
     # -- upgrade ----------------------------------------------------------------------------------
 
     def _upgrade(self, rest: bytes) -> None:
         from pyngx.http.proxy_tunnel import Tunnel
 
         r = self.r
+        if self.cache is not None:
+            self._drop_cache()
         self.header_sent = True
         r.keepalive = False
         r.send_head()

@@ -432,15 +432,14 @@ def register(reg: Registry) -> None:
     add("proxy_cache_revalidate", MAIN_SRV_LOC, flag_slot("proxy_cache_revalidate"))
     add("proxy_cache_convert_head", MAIN_SRV_LOC, flag_slot("proxy_cache_convert_head"))
     add("proxy_cache_max_range_offset", MAIN_SRV_LOC, _max_range_offset)
-    # The proxy module may register proxy_ignore_headers itself (it needs X-Accel-Redirect
-    # and friends): both store the same slot, a set of lower-cased names.
-    if "proxy_ignore_headers" not in reg.names():
-        add(
-            "proxy_ignore_headers",
-            MAIN_SRV_LOC,
-            _bitmask("proxy_ignore_headers", IGNORABLE, lower=True),
-            ONEMORE,
-        )
+    # The one proxy_ignore_headers: the proxy reads the same slot (a set of lower-cased
+    # names) for X-Accel-Redirect and X-Accel-Buffering, the cache for the rest.
+    add(
+        "proxy_ignore_headers",
+        MAIN_SRV_LOC,
+        _bitmask("proxy_ignore_headers", IGNORABLE, lower=True),
+        ONEMORE,
+    )
 
 
 def declare(nodes: list[Node], table: VariableTable, http: Context) -> list[Any]:
