@@ -21,13 +21,15 @@ import trustme
 
 from tests.conftest import ServerFactory
 from tests.harness import REPO_ROOT, free_port
-from tests.http_backend import (  # noqa: F401 - origin is a fixture
+from tests.http_backend import (
     HttpBackend,
     origin,
     read_ws_frame,
     ws_client_handshake,
     ws_frame,
 )
+
+__all__ = ["origin"]  # the fixture, used by name
 
 EXAMPLE = REPO_ROOT / "examples" / "webui-behind-pyngx.conf"
 CLIENT = "127.0.0.23"
