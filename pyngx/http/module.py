@@ -33,11 +33,16 @@ from pyngx.conf.registry import (
     time_slot,
 )
 from pyngx.conf.values import UrlError, parse_size, parse_time, parse_url
-from pyngx.conf.variables import ESCAPES, VariableTable, compile_complex, has_variables
+from pyngx.conf.variables import VariableTable, compile_complex, has_variables
 from pyngx.core.log import ErrorLog
 from pyngx.http import locations as loc_tree
 from pyngx.http.server_names import ServerNames, check_server_name
-from pyngx.stream.access_log import AccessLog, LogFormat, compile_format
+from pyngx.stream.access_log import (
+    AccessLog,
+    access_log_directive,
+    compile_format,
+    log_format_directive,
+)
 from pyngx.stream.module import NGX_LISTEN_BACKLOG, ListenOpts, _parse_keepalive
 
 HTTP, SRV, LOC, SIF, LIF = "http", "http_server", "http_location", "http_sif", "http_lif"
@@ -378,56 +383,12 @@ def _client_max_body_size(ctx: Context, node: Node) -> None:
 
 
 def _log_format(ctx: Context, node: Node) -> None:
-    formats: dict[str, LogFormat] = ctx.slots["log_formats"]
-    name, args = node.args[0], node.args[1:]
-    if name in formats:
-        raise node.error(f'duplicate "log_format" name "{name}"')
-    escape = "default"
-    if args and args[0].startswith("escape="):
-        escape = args[0][7:]
-        if escape not in ESCAPES:
-            raise node.error(f'unknown log format escaping "{escape}"')
-        args = args[1:]
-    if not args:
-        raise node.error('invalid number of arguments in "log_format" directive')
-    formats[name] = compile_format(name, escape, "".join(args), ctx.slots["variables"])
+    log_format_directive(ctx, node, ctx.slots["variables"])
 
 
 def _access_log(ctx: Context, node: Node) -> None:
-    if node.args[0] == "off":
-        if len(node.args) > 1:
-            raise node.error('invalid number of arguments in "access_log" directive')
-        ctx.set_once("access_log", [], node)
-        return
-    http = ctx.up(HTTP)
-    formats: dict[str, LogFormat] = http.slots["log_formats"]
-    fmt_name = node.args[1] if len(node.args) > 1 else "combined"
-    fmt = formats.get(fmt_name)
-    if fmt is None:
-        raise node.error(f'unknown log format "{fmt_name}"')
-    params: dict[str, Any] = {"buffer": 0, "flush": None, "if": None}
-    for p in node.args[2:]:
-        key, eq, value = p.partition("=")
-        try:
-            if key == "buffer" and eq:
-                params["buffer"] = parse_size(value)
-            elif key == "flush" and eq:
-                params["flush"] = parse_time(value)
-            elif key == "gzip":
-                raise node.error('the "gzip" parameter of "access_log" is not supported')
-            elif key == "if" and eq:
-                params["if"] = compile_complex(value, http.slots["variables"])
-            else:
-                raise node.error(f'invalid parameter "{p}"')
-        except DirectiveValueError:
-            raise node.error(f'invalid parameter "{p}"') from None
-    if params["flush"] is not None and not params["buffer"]:
-        params["buffer"] = 64 * 1024
-    entries = ctx.slots.get("access_log")
-    if entries is None:
-        entries = ctx.slots["access_log"] = []
-        ctx.locations["access_log"] = node
-    entries.append((node.args[0], fmt, params))
+    top = ctx.up(HTTP)
+    access_log_directive(ctx, node, top.slots["log_formats"], top.slots["variables"], "combined")
 
 
 def _internal(ctx: Context, node: Node) -> None:
