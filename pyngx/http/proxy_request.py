@@ -259,8 +259,34 @@ def _runtime_groups(groups: Groups) -> dict[Any, HttpGroup]:
     return cache
 
 
+# Whole request heads, for a location whose header plan has no variables, by what they are
+# made of: the method, the URI, and the client's header list, which is the same object for
+# identical client heads (connection.py's head cache; treated as read-only everywhere).
+# Entries hold the list and the conf, so the ids in a key stay theirs while it is cached.
+HEAD_CACHE_ENTRIES = 256
+_HEADS: dict[tuple[str, str, int, int], tuple[Any, ProxyConf, bytes]] = {}
+
+
 def build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
     """The request head to the upstream, as one bytes object (one encode)."""
+    extra = r.extra
+    if extra is None or ("proxy_body_length" not in extra and "proxy_chunked" not in extra):
+        # No body length, no chunked: a plan without variables gives the same bytes.
+        hl = r.header_list
+        key = (method, uri, id(conf), id(hl))
+        hit = _HEADS.get(key)
+        if hit is not None and hit[0] is hl and hit[1] is conf:
+            return hit[2]
+        data = _build_head(r, conf, method, uri)
+        if all(item[0] != VALUE for item in conf.plan):
+            if len(_HEADS) >= HEAD_CACHE_ENTRIES:
+                _HEADS.clear()
+            _HEADS[key] = (hl, conf, data)
+        return data
+    return _build_head(r, conf, method, uri)
+
+
+def _build_head(r: Any, conf: ProxyConf, method: str, uri: str) -> bytes:
     parts = [method, " ", uri, conf.version_text, conf.head_const]
     append = parts.append
     if conf.plan:

@@ -119,3 +119,48 @@ def test_rewritten_headers_are_not_cached() -> None:
         seen.append(r.out.headers)
         assert not head.copies
     assert seen[0] == seen[1] == [("Location", "http://up/x")]
+
+
+def _proxy_confs(tmp_path: Any, body: str) -> tuple[Any, Any]:
+    from pyngx.core.cycle import load_cycle
+    from pyngx.core.paths import Paths
+
+    conf = tmp_path / "p.conf"
+    conf.write_text(
+        "error_log stderr;\nevents {}\nhttp { access_log off; server { listen 127.0.0.1:1;\n"
+        + body
+        + "} }\n"
+    )
+    cycle = load_cycle(Paths(str(tmp_path) + "/", str(conf)))
+    srv = cycle.http.servers[0]
+    return cycle, srv
+
+
+def test_build_head_cached_equals_built(tmp_path: Any) -> None:
+    from pyngx.http.proxy_request import _build_head, build_head
+
+    cycle, srv = _proxy_confs(
+        tmp_path,
+        '  location /a { proxy_pass http://127.0.0.1:2; proxy_set_header X-U "$uri"; }\n'
+        '  location /b { proxy_pass http://127.0.0.1:2; proxy_set_header Connection ""; }\n',
+    )
+    try:
+        hl = [("Host", "x"), ("User-Agent", "t"), ("Connection", "close")]
+        for path, uri in (("/a", "/a/1"), ("/b", "/b/1"), ("/b", "/b/2")):
+            conf = srv.locations.find(path)[0].proxy
+            for extra in (None, {}, {"proxy_body_length": 3}, {"proxy_chunked": True}):
+                r = SimpleNamespace(extra=extra, header_list=hl, uri=uri, args="", variables={})
+                first = build_head(r, conf, "GET", uri)
+                again = build_head(r, conf, "GET", uri)
+                assert first == again == _build_head(r, conf, "GET", uri)
+                if extra:
+                    assert (b"Content-Length: 3\r\n" in first) or (
+                        b"Transfer-Encoding: chunked\r\n" in first
+                    )
+            # Another list with other contents is not confused with the cached one.
+            other = [("Host", "x"), ("X-Other", "1")]
+            r = SimpleNamespace(extra=None, header_list=other, uri=uri, args="", variables={})
+            assert b"X-Other: 1\r\n" in build_head(r, conf, "GET", uri)
+            assert build_head(r, conf, "POST", uri).startswith(b"POST ")
+    finally:
+        cycle.files.close()
