@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyngx.core.log import ALERT, ERROR, INFO
 from pyngx.http.request import Request
@@ -129,6 +129,9 @@ class HttpConnection(asyncio.Protocol):
         "stats",
         "stat",
     )
+    # An HTTP/2 stream's way to send a head (h2_stream.py); found here as None without
+    # the failed attribute lookup a missing attribute costs Request._write_head.
+    send_fields: ClassVar[None] = None
 
     def __init__(self, worker: Any, port: HttpPort, by_addr: dict[str, Any] | None = None) -> None:
         self.worker = worker
@@ -486,7 +489,8 @@ class HttpConnection(asyncio.Protocol):
         if extra is not None and "realip" in extra:
             self.remote_addr, self.remote_port = extra.pop("realip")
         # -- end h-tls
-        req.run_cleanups()
+        if req.cleanups is not None:
+            req.run_cleanups()
         if self.request is not req:
             return
         if abort or self.state == _CLOSED:
