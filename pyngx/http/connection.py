@@ -290,8 +290,9 @@ class HttpConnection(asyncio.Protocol):
         srv = self.default
         while True:
             if self.state == _IDLE:
+                # The header timer is armed below only when the head is incomplete: a
+                # complete one starts its request now, which sets the timer itself.
                 self.state = _HEAD
-                self._arm("header", srv.header_timeout)
             end = data.find(b"\r\n\r\n", 0, HEAD_CACHE_MAX_HEAD)
             if end > 0:
                 hit = srv.head_cache.get(data[: end + 4])
@@ -317,6 +318,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             if head is None:
                 self.buf = data
+                if self.timer_kind != "header":
+                    self._arm("header", srv.header_timeout)
                 if self.stats is not None:
                     self.stats.reading(self)
                 return

@@ -88,3 +88,71 @@ def test_plain_head_equals_head_fields(data: dict[str, Any]) -> None:
     # Date may tick between the two: compared without its value.
     assert _DATE.sub(b"Date: -", a.build_head()) == _DATE.sub(b"Date: -", _general(b))
     assert (a.status, a.out.content_type, a.header_sent) == (b.status, b.out.content_type, True)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 1)}.get(key, default)
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def test_header_timer_only_for_incomplete_heads(tmp_path: Any) -> None:
+    import asyncio
+
+    from pyngx.core.cycle import load_cycle
+    from pyngx.core.paths import Paths
+    from pyngx.http.connection import HttpConnection
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        "error_log stderr;\nevents {}\nhttp { access_log off; server { listen 127.0.0.1:1;"
+        ' location / { return 200 "ok"; } } }\n'
+    )
+    cycle = load_cycle(Paths(str(tmp_path) + "/", str(conf)))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker = SimpleNamespace(
+            loop=loop,
+            draining=False,
+            http_connections=set(),
+            next_connection_id=lambda: 1,
+            over_connection_limit=lambda: False,
+            http_connection_closed=lambda c: None,
+        )
+        c = HttpConnection(worker, cycle.http.ports[0])
+        t = _Transport()
+        c.connection_made(t)  # type: ignore[arg-type]
+        assert c.timer_kind == "header"
+        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        c.data_received(req)
+        assert c.timer_kind == "keepalive" and len(t.out) == 1
+        c.data_received(req[:10])  # a keepalive connection gets part of a head
+        assert c.timer_kind == "header"
+        deadline = c.deadline
+        c.data_received(req[10:20])  # still incomplete: the deadline stays from the start
+        assert c.timer_kind == "header" and c.deadline == deadline
+        c.data_received(req[20:])
+        assert c.timer_kind == "keepalive" and len(t.out) == 2
+        c.data_received(req + req[:5])  # a pipelined partial head after a complete one
+        await asyncio.sleep(0)
+        assert len(t.out) == 3 and c.timer_kind == "header"
+        c.connection_lost(None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        cycle.files.close()
