@@ -84,6 +84,26 @@ def handler(r: Any) -> int | None:
     """The location's content handler (ngx_http_proxy_handler)."""
     conf: ProxyConf = r.loc.proxy
     target = conf.target
+    framing = r.framing
+    if (
+        target is not None
+        and not target.uri
+        and r.valid_unparsed_uri
+        and conf.method is None
+        and conf.body is None
+        and framing is not None
+        and framing.content_length is None
+        and not framing.chunked
+    ):
+        # The common case, as the general path below does it: no body, the client's URI
+        # as it sent it (origin-form; the absolute form goes the long way).
+        uri = r.request_uri
+        if uri[:1] == "/":
+            ex = Exchange(r, conf, target, uri)
+            r.upstream = ex
+            ex.head_bytes = build_head(r, conf, r.method, uri)
+            ex.start()
+            return DONE
     from_variables = False
     if target is None:
         target = _eval_target(r, conf)
