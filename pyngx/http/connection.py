@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyngx.core.log import ALERT, ERROR, INFO
 from pyngx.http.request import Request
@@ -129,6 +129,9 @@ class HttpConnection(asyncio.Protocol):
         "stats",
         "stat",
     )
+    # An HTTP/2 stream's way to send a head (h2_stream.py); found here as None without
+    # the failed attribute lookup a missing attribute costs Request._write_head.
+    send_fields: ClassVar[None] = None
 
     def __init__(self, worker: Any, port: HttpPort, by_addr: dict[str, Any] | None = None) -> None:
         self.worker = worker
@@ -287,8 +290,9 @@ class HttpConnection(asyncio.Protocol):
         srv = self.default
         while True:
             if self.state == _IDLE:
+                # The header timer is armed below only when the head is incomplete: a
+                # complete one starts its request now, which sets the timer itself.
                 self.state = _HEAD
-                self._arm("header", srv.header_timeout)
             end = data.find(b"\r\n\r\n", 0, HEAD_CACHE_MAX_HEAD)
             if end > 0:
                 hit = srv.head_cache.get(data[: end + 4])
@@ -314,6 +318,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             if head is None:
                 self.buf = data
+                if self.timer_kind != "header":
+                    self._arm("header", srv.header_timeout)
                 if self.stats is not None:
                     self.stats.reading(self)
                 return
@@ -488,7 +494,8 @@ class HttpConnection(asyncio.Protocol):
         if extra is not None and "realip" in extra:
             self.remote_addr, self.remote_port = extra.pop("realip")
         # -- end h-tls
-        req.run_cleanups()
+        if req.cleanups is not None:
+            req.run_cleanups()
         if self.request is not req:
             return
         if abort or self.state == _CLOSED:

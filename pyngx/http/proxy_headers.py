@@ -69,6 +69,15 @@ def copy_headers(ex: Any, head: Head) -> None:
     out.status_line = head.status_line
     actions = conf.actions
     headers = out.headers
+    copies = head.copies
+    if copies is not None:
+        hit = copies.get(id(actions))
+        if hit is not None and hit[0] is actions:
+            _apply_copy(ex, head, hit[1])
+            return
+    start = len(headers)
+    rewritten = False
+    ct: str | None = None
     for line in head.lines:
         name, _, value = line.partition(":")
         low = name.lower()
@@ -80,7 +89,7 @@ def copy_headers(ex: Any, head: Head) -> None:
             continue
         value = value.strip(" ")
         if act == A_CT:
-            out.content_type = value
+            out.content_type = ct = value
             out.charset = None
             continue
         if act == A_CL:
@@ -104,6 +113,7 @@ def copy_headers(ex: Any, head: Head) -> None:
             if act == A_XAB:
                 continue
         else:
+            rewritten = True  # depends on the request: not cached
             new = _rewrite(ex, low, value)
             if new is None:
                 continue
@@ -111,6 +121,41 @@ def copy_headers(ex: Any, head: Head) -> None:
         headers.append((name, value))
     if head.chunked:
         head.content_length = None
+    if copies is not None and not rewritten:
+        if len(copies) >= 64:
+            copies.clear()
+        copies[id(actions)] = (
+            actions,
+            (
+                tuple(headers[start:]),
+                ct,
+                head.content_length,
+                head.chunked,
+                head.close,
+                head.accel_redirect,
+                head.accel_buffering,
+            ),
+        )
+    _finish_copy(ex, head)
+
+
+def _apply_copy(ex: Any, head: Head, copy: tuple[Any, ...]) -> None:
+    """A copy made before for the same head bytes and location (no request-dependent
+    rewrite was involved): the same headers and framing, without the per-line pass."""
+    out = ex.r.out
+    pairs, ct, head.content_length, head.chunked, head.close, xar, xab = copy
+    out.headers += pairs
+    if ct is not None:
+        out.content_type = ct
+        out.charset = None
+    head.accel_redirect = xar
+    head.accel_buffering = xab
+    _finish_copy(ex, head)
+
+
+def _finish_copy(ex: Any, head: Head) -> None:
+    conf = ex.conf
+    out = ex.r.out
     out.content_length = head.content_length
     if conf.pass_server:
         out.no_server = True

@@ -84,6 +84,27 @@ def handler(r: Any) -> int | None:
     """The location's content handler (ngx_http_proxy_handler)."""
     conf: ProxyConf = r.loc.proxy
     target = conf.target
+    framing = r.framing
+    if (
+        target is not None
+        and not target.uri
+        and r.valid_unparsed_uri
+        and conf.method is None
+        and conf.body is None
+        and framing is not None
+        and framing.content_length is None
+        and not framing.chunked
+        and r.loc.cache is None
+    ):
+        # The common case, as the general path below does it: no body, the client's URI
+        # as it sent it (origin-form; the absolute form goes the long way).
+        uri = r.request_uri
+        if uri[:1] == "/":
+            ex = Exchange(r, conf, target, uri)
+            r.upstream = ex
+            ex.head_bytes = build_head(r, conf, r.method, uri)
+            ex.start()
+            return DONE
     from_variables = False
     if target is None:
         target = _eval_target(r, conf)
@@ -269,6 +290,14 @@ def _runtime_groups(groups: Groups) -> dict[Any, HttpGroup]:
     return cache
 
 
+# Whole request heads, for a location whose header plan has no variables, by what they are
+# made of: the method, the URI, and the client's header list, which is the same object for
+# identical client heads (connection.py's head cache; treated as read-only everywhere).
+# Entries hold the list and the conf, so the ids in a key stay theirs while it is cached.
+HEAD_CACHE_ENTRIES = 256
+_HEADS: dict[tuple[str, str, int, int], tuple[Any, ProxyConf, bytes]] = {}
+
+
 def build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -> bytes:
     """The request head to the upstream, as one bytes object (one encode).
 
@@ -277,6 +306,26 @@ def build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -
     if lk is None:
         ex = r.upstream
         lk = ex.cache if ex is not None else None
+    if lk is not None and lk.cacheable:
+        return _build_head(r, conf, method, uri, lk)
+    extra = r.extra
+    if extra is None or ("proxy_body_length" not in extra and "proxy_chunked" not in extra):
+        # No body length, no chunked: a plan without variables gives the same bytes.
+        hl = r.header_list
+        key = (method, uri, id(conf), id(hl))
+        hit = _HEADS.get(key)
+        if hit is not None and hit[0] is hl and hit[1] is conf:
+            return hit[2]
+        data = _build_head(r, conf, method, uri, None)
+        if all(item[0] != VALUE for item in conf.plan):
+            if len(_HEADS) >= HEAD_CACHE_ENTRIES:
+                _HEADS.clear()
+            _HEADS[key] = (hl, conf, data)
+        return data
+    return _build_head(r, conf, method, uri, None)
+
+
+def _build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any) -> bytes:
     skip = conf.skip
     parts = [method, " ", uri, conf.version_text, conf.head_const]
     append = parts.append

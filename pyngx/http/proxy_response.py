@@ -47,6 +47,7 @@ class Head:
         "accel_redirect",
         "accel_buffering",
         "_pairs",
+        "copies",
     )
 
     def __init__(self, status: int, status_line: str, lines: list[str], size: int, close: bool):
@@ -60,6 +61,9 @@ class Head:
         self.accel_redirect: str | None = None
         self.accel_buffering: str | None = None
         self._pairs: list[tuple[str, str]] | None = None
+        # A head from the parse cache: its copies to the client's head, by location
+        # (proxy_headers.copy_headers), shared by every response with the same bytes.
+        self.copies: dict[int, Any] | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
         pairs = self._pairs
@@ -94,6 +98,13 @@ class Head:
 # path decides. Control characters anywhere are caught by isprintable().
 _SPACE_IN_NAME = re.compile(r"\n[^:\n \t]*[ \t]")
 
+# Parsed heads by their bytes: an upstream answering the same resource sends the same head
+# (but for Date, once a second), so most heads are parsed once. A hit makes a fresh Head
+# (the copy records framing on it) sharing the validated, never mutated, `lines`.
+HEAD_CACHE_ENTRIES = 256
+HEAD_CACHE_MAX = 2048
+_HEADS: dict[bytes, tuple[int, str, list[str], bool, dict[int, Any]]] = {}
+
 
 def parse_head(buf: bytes, limit: int) -> Head | None:
     """The response head at the start of `buf`, None while incomplete; raises BadHead.
@@ -106,6 +117,12 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
     size = end + 4
     if size > limit:
         raise BadHead("big", "upstream sent too big header")
+    key = buf if len(buf) == size else buf[:size]
+    hit = _HEADS.get(key)
+    if hit is not None:
+        head = Head(hit[0], hit[1], hit[2], size, hit[3])
+        head.copies = hit[4]
+        return head
     text = buf[:end].decode("latin-1")
     lines = text.split("\r\n")
     if text.count("\n") != len(lines) - 1:
@@ -121,7 +138,14 @@ def parse_head(buf: bytes, limit: int) -> Head | None:
         and (len(first) == 12 or first[12] == " ")
     ):
         del lines[0]
-        return Head(int(first[9:12]), first[9:], lines, size, first[7] == "0")
+        status, close = int(first[9:12]), first[7] == "0"
+        head = Head(status, first[9:], lines, size, close)
+        if size <= HEAD_CACHE_MAX:
+            if len(_HEADS) >= HEAD_CACHE_ENTRIES:
+                _HEADS.clear()
+            head.copies = {}
+            _HEADS[bytes(key)] = (status, first[9:], lines, close, head.copies)
+        return head
     return _parse_exact(text.split("\n"), size)
 
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 URI_CHANGES = 11  # nginx's NGX_HTTP_MAX_URI_CHANGES + 1
 SERVER_ON = ("Server", f"nginx/{NGINX_COMPAT_VERSION}")
 SERVER_OFF = ("Server", "nginx")
+_SERVER_ON_LINE = f"Server: {SERVER_ON[1]}\r\n"
+_SERVER_OFF_LINE = f"Server: {SERVER_OFF[1]}\r\n"
 # Statuses after which nginx does not keep the connection (ngx_http_special_response_handler).
 _CLOSE_AFTER = frozenset((400, 413, 414, 494, 495, 496, 497, 500, 501))
 _NO_BODY = frozenset((204, 304))
@@ -572,15 +574,73 @@ class Request:
             if self.err_status:
                 self.status = self.err_status
             return b""
+        loc = self.loc
+        if self.out.location is None and not loc.add_headers and loc.expires is None:
+            return self._plain_head()
         fields = self.head_fields()
         status = self.status
         status_line = self.out.status_line
         if status_line is not None:
+            first = f"HTTP/1.1 {status_line}\r\n"
+        else:
+            first = _STATUS_LINES.get(status) or _status_text(status)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in fields])
+        return f"{first}{lines}\r\n".encode("latin-1", "replace")
+
+    def _plain_head(self) -> bytes:
+        """build_head for a response without Location, add_header or expires (nearly all):
+        head_fields' filter in the same order, written as lines directly (no field tuples).
+        Keep the two in step."""
+        self.header_sent = True
+        out = self.out
+        if self.err_status:
+            self.status = self.err_status
+            out.status_line = None
+        status = self.status
+        if status in SENT_AS:
+            status = self.status = SENT_AS[status]
+        loc = self.loc
+        if status == 204:
+            out.content_type = None
+            out.last_modified = None
+            out.content_length = None
+        status_line = out.status_line
+        if status_line is not None:
             parts = [f"HTTP/1.1 {status_line}\r\n"]
         else:
             parts = [_STATUS_LINES.get(status) or _status_text(status)]
-        for name, value in fields:
-            parts.append(f"{name}: {value}\r\n")
+        if not out.no_server:
+            parts.append(_SERVER_OFF_LINE if loc.server_tokens == "off" else _SERVER_ON_LINE)
+        if not out.no_date:
+            parts.append(DATE.line())
+        ct = out.content_type
+        if ct is not None:
+            if out.charset:
+                parts.append(f"Content-Type: {ct}; charset={out.charset}\r\n")
+            else:
+                parts.append(f"Content-Type: {ct}\r\n")
+        if out.content_length is not None:
+            parts.append(f"Content-Length: {out.content_length}\r\n")
+        if out.last_modified is not None and status in (200, 206, 304):
+            parts.append(f"Last-Modified: {_last_modified(out.last_modified)}\r\n")
+        if self.version < (2, 0):
+            if self.chunked:
+                parts.append("Transfer-Encoding: chunked\r\n")
+            if self.upgrade_status(status):
+                parts.append("Connection: upgrade\r\n")
+            elif self.keepalive:
+                parts.append("Connection: keep-alive\r\n")
+                if loc.keepalive_header:
+                    parts.append(f"Keep-Alive: timeout={int(loc.keepalive_header)}\r\n")
+            else:
+                parts.append("Connection: close\r\n")
+        if out.etag is not None:
+            parts.append(f"ETag: {out.etag}\r\n")
+        headers = out.headers
+        if headers:
+            parts += [f"{name}: {value}\r\n" for name, value in headers]
+        if out.accept_ranges and status == 200:
+            parts.append("Accept-Ranges: bytes\r\n")
         parts.append("\r\n")
         return "".join(parts).encode("latin-1", "replace")
 
@@ -643,8 +703,9 @@ class Request:
             fields.append(("Location", out.location))
         if out.etag is not None:
             fields.append(("ETag", out.etag))
-        fields.extend(out.headers)
-        self._add_headers(fields, status)
+        fields += out.headers
+        if loc.add_headers or loc.expires is not None:
+            self._add_headers(fields, status)
         if out.accept_ranges and status == 200:
             fields.append(("Accept-Ranges", "bytes"))
         return fields

@@ -211,18 +211,27 @@ class KeepalivePool:
         """Cache `conn` (its owner is done with it); False when it must be closed instead."""
         if conn.closed or conn.requests >= self.requests:
             return False
-        if conn.loop.time() - conn.created > self.max_age:
+        now = conn.loop.time()
+        if now - conn.created > self.max_age:
             return False
-        if len(self.lru) >= self.size:
-            oldest, _ = self.lru.popitem(last=False)
+        lru = self.lru
+        if len(lru) >= self.size:
+            oldest, _ = lru.popitem(last=False)
             self.by_key[oldest.key].remove(oldest)
             oldest.pool = None
             oldest.close()
         conn.owner = None
         conn.pool = self
-        self.lru[conn] = None
-        self.by_key.setdefault(conn.key, []).append(conn)
-        conn.arm("idle", self.timeout)
+        lru[conn] = None
+        stack = self.by_key.get(conn.key)
+        if stack is None:
+            stack = self.by_key[conn.key] = []
+        stack.append(conn)
+        # conn.arm("idle", timeout), with the time just read.
+        conn.kind = "idle"
+        conn.deadline = now + self.timeout
+        if conn.timer is None:
+            conn.timer = conn.loop.call_at(conn.deadline, conn._fired)
         return True
 
     def forget(self, conn: UpstreamConn) -> None:
