@@ -304,7 +304,7 @@ def build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -
     With a cache lookup that may store the response (nginx's headers_cache), the client's
     conditional and Range headers stay behind and the revalidation headers go instead."""
     if lk is None:
-        ex = r.upstream
+        ex = getattr(r, "upstream", None)
         lk = ex.cache if ex is not None else None
     if lk is not None and lk.cacheable:
         return _build_head(r, conf, method, uri, lk)
@@ -325,7 +325,7 @@ def build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -
     return _build_head(r, conf, method, uri, None)
 
 
-def _build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any) -> bytes:
+def _build_head(r: Any, conf: ProxyConf, method: str, uri: str, lk: Any = None) -> bytes:
     skip = conf.skip
     parts = [method, " ", uri, conf.version_text, conf.head_const]
     append = parts.append

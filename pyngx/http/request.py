@@ -603,7 +603,6 @@ class Request:
         if status == 204:
             out.content_type = None
             out.last_modified = None
-            out.content_length = None
         status_line = out.status_line
         if status_line is not None:
             parts = [f"HTTP/1.1 {status_line}\r\n"]
