@@ -113,11 +113,12 @@ def test_malformed_request_harms_no_neighbour(tmp_path: Path, pyngx: ServerFacto
         b"GET / HTTP/9.9\r\n\r\n",
         os.urandom(4096),
     ]
-    for _ in range(5):
+    for _ in range(3):
         for g in garbage:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(g)
-                s.settimeout(5)
+                # Requests nginx keeps waiting on (an incomplete head) are left after 1 s.
+                s.settimeout(1)
                 try:
                     while s.recv(65536):
                         pass
