@@ -40,6 +40,21 @@ HEAD_CACHE_MAX_HEAD = 2048
 HEAD_CACHE_ENTRIES = 256
 
 _ETIMEDOUT = "110: Connection timed out"
+
+
+class HeadRecord:
+    """What the head cache keeps for one request head: its parse, framing and header dict,
+    and, once a request with this head was answered from memory in a way that depends only
+    on these bytes (pyngx/http/cache/replay.py: a proxy_cache hit), the `replay` that
+    answers the next one without the phases. replay(conn, record, rest) -> served."""
+
+    __slots__ = ("head", "framing", "headers", "replay")
+
+    def __init__(self, head: Any, framing: Any, headers: dict[str, str]) -> None:
+        self.head = head
+        self.framing = framing
+        self.headers = headers
+        self.replay: Callable[[HttpConnection, HeadRecord, bytes], bool] | None = None
 _IDLE, _HEAD, _BUSY, _DISCARD, _CLOSED = range(5)
 
 
@@ -297,8 +312,14 @@ class HttpConnection(asyncio.Protocol):
             if end > 0:
                 hit = srv.head_cache.get(data[: end + 4])
                 if hit is not None:
+                    replay = hit.replay
+                    if replay is not None and replay(self, hit, data[end + 4 :]):
+                        data = data[end + 4 :]
+                        if not data:
+                            return
+                        continue
                     self.buf = b""
-                    self._start_request(hit[0], data[end + 4 :], hit)
+                    self._start_request(hit.head, data[end + 4 :], hit)
                     if self.state != _IDLE or not self.buf:
                         return
                     data = self.buf
@@ -359,8 +380,55 @@ class HttpConnection(asyncio.Protocol):
         req.log(INFO, exc.reason)
         req.finalize(exc.status)
 
+    # -- replayed responses (HeadRecord.replay) ----------------------------------------------
+
+    def replay_started(self) -> None:
+        """A replay answers the head just read: the stub_status state of a request."""
+        if self.stats is not None:
+            self.stats.writing(self)
+
+    def replay_done(self, rest: bytes) -> None:
+        """A replayed response was written: the request is over, as close_request ends a
+        kept-alive one. `rest` (pipelined bytes) is read by the caller's loop."""
+        self.requests += 1
+        self.body = None
+        if self.stats is not None:
+            self.stats.waiting(self)
+        if not rest:
+            self.state = _IDLE
+            self._arm("keepalive", self.default.conf.keepalive_timeout)
+
+    def new_request(self, record: HeadRecord) -> Request:
+        """A Request for a head the head cache knows (the fields _start_request sets)."""
+        head = record.head
+        framing = record.framing
+        req = Request(self, self.default)
+        req.method = head.method
+        req.request_uri = head.request_uri
+        req.request_line = head.request_line
+        req.version = head.version
+        req.header_list = head.headers
+        req.headers = record.headers
+        req.record = record
+        req.request_length = head.size
+        req.uri = head.uri
+        req.args = head.args
+        req.framing = framing
+        req.host = framing.host
+        req.keepalive = framing.keepalive
+        return req
+
+    def log_request(self, req: Request) -> None:
+        try:
+            for log in req.loc.access_logs:
+                log.write(req)
+        except Exception as exc:  # a log failure must not break the connection
+            self.worker_log(ALERT, f"access log failed: {exc}")
+
+    # -- requests ---------------------------------------------------------------------------
+
     def _start_request(
-        self, head: Any, rest: bytes, cached: Any = None, key: bytes | None = None
+        self, head: Any, rest: bytes, cached: HeadRecord | None = None, key: bytes | None = None
     ) -> None:
         if self.stats is not None:
             self.stats.writing(self)
@@ -373,7 +441,8 @@ class HttpConnection(asyncio.Protocol):
         # Shared with the head cache: handlers treat header_list and headers as read-only.
         req.header_list = head.headers
         if cached is not None:
-            headers = cached[2]
+            headers = cached.headers
+            req.record = cached
         else:
             headers = {}
             for name, value in head.headers:
@@ -394,7 +463,7 @@ class HttpConnection(asyncio.Protocol):
             for text in head.ignored:
                 req.log(INFO, text)
         if cached is not None:
-            framing = cached[1]
+            framing = cached.framing
         else:
             try:
                 framing = request_framing(head, head.target_host)
@@ -408,7 +477,7 @@ class HttpConnection(asyncio.Protocol):
                 cache = srv.head_cache
                 if len(cache) >= HEAD_CACHE_ENTRIES:
                     cache.clear()
-                cache[key] = (head, framing, headers)
+                req.record = cache[key] = HeadRecord(head, framing, headers)
         req.framing = framing
         req.host = framing.host
         req.keepalive = framing.keepalive
@@ -484,11 +553,7 @@ class HttpConnection(asyncio.Protocol):
     def close_request(self, req: Request, *, abort: bool = False) -> None:
         """The request is over: log it, then the next request, discard its body, or close."""
         req.done = True
-        try:
-            for log in req.loc.access_logs:
-                log.write(req)
-        except Exception as exc:  # a log failure must not break the connection
-            self.worker_log(ALERT, f"access log failed: {exc}")
+        self.log_request(req)
         # -- h-tls: realip replaced the client address for this request only (http/realip.py)
         extra = req.extra
         if extra is not None and "realip" in extra:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pyngx.core.log import ERROR
 from pyngx.http import cache
+from pyngx.http.cache import replay
 from pyngx.http.proxy_headers import copy_headers
 from pyngx.http.proxy_response import BadHead, ChunkedDecoder, ChunkedError, Head, parse_head
 from pyngx.http.request import DONE
@@ -73,9 +74,12 @@ def copier(ex: Any) -> Callable[[Any, int, str, list[tuple[str, str]]], None]:
 
 def serve(r: Any, ex: Any, lk: Any, entry: Any) -> int | Coroutine[Any, Any, int]:
     """serve_entry with the proxy's header copy and proxy_force_ranges."""
-    return cache.serve_entry(
+    result = cache.serve_entry(
         r, entry, lk, copy_headers=copier(ex), force_ranges=ex.conf.force_ranges
     )
+    if result == DONE and r.record is not None and r.record.replay is None:
+        replay.install(r, lk)
+    return result
 
 
 def serve_now(r: Any, ex: Any, lk: Any, entry: Any) -> None:

@@ -171,6 +171,7 @@ class Request:
         "cleanups",
         "valid_location",
         "valid_unparsed_uri",
+        "record",
     )
 
     def __init__(self, conn: HttpConnection, srv: ServerConf) -> None:
@@ -209,6 +210,8 @@ class Request:
         # all (any rewrite, `set $args`, an internal redirect).
         self.valid_location = True
         self.valid_unparsed_uri = True
+        # The head cache's record of this request's head (connection.HeadRecord), if any.
+        self.record: Any = None
 
     # -- logging --------------------------------------------------------------------------
 

@@ -246,6 +246,38 @@ class KeysZone:
 
     # -- request side ----------------------------------------------------------------------
 
+    def current(self, slot: int, digest: bytes, version: int) -> bool:
+        """Does `slot` still hold `digest`'s stored response `version` (an existing, non-error
+        entry)? Read without the lock: versions are unique and written under it before the
+        entry is published, and the digest is read last, so a node reused meanwhile for
+        another key shows a different digest. For the replayed hits of cache/replay.py."""
+        b = HEADER_CELLS + slot * NODE_CELLS
+        c = self.c
+        if c[b + N_VERSION] != version or c[b + N_FLAGS] & (F_EXISTS | F_USED) != (
+            F_EXISTS | F_USED
+        ) or c[b + N_ERROR]:
+            return False
+        d0, d1 = _DIGEST.unpack(digest)
+        return c[b] == d0 and c[b + 1] == d1
+
+    def touch(self, slot: int, digest: bytes, now: int, inactive: int) -> bool:
+        """A hit served without `open` (cache/replay.py), once a second: what `open` does to
+        a found node (its `inactive` deadline, its LRU place, its use count), without a
+        reference. False when the slot no longer holds `digest`."""
+        with self.lock:
+            b = self._checked(slot, digest)
+            if b < 0:
+                return False
+            c = self.c
+            expire = now + inactive
+            if c[b + N_EXPIRE] != expire:
+                self._lru_unlink(slot)
+                self._lru_push_head(slot)
+                c[b + N_EXPIRE] = expire
+            if c[b + N_USES] < MAX_USES:
+                c[b + N_USES] += 1
+            return True
+
     def open(
         self,
         digest: bytes,
