@@ -101,7 +101,7 @@ class HitReplay:
                 record.replay = None
                 return False
         conn.replay_started()
-        conn.transport.write(self.pre + DATE.line().encode() + self.post)
+        conn.write(self.pre + DATE.line().encode() + self.post)
         if loc.access_logs:
             self._log(conn, record)
         conn.replay_done(rest)
