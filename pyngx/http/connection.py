@@ -400,7 +400,9 @@ class HttpConnection(asyncio.Protocol):
         self.body = None
         if self.stats is not None:
             self.stats.waiting(self)
-        if not rest:
+        if rest:
+            self._cancel_timer()  # the next head's timer starts afresh, as after a request
+        else:
             self.state = _IDLE
             self._arm("keepalive", self.default.conf.keepalive_timeout)
 
