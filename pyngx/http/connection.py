@@ -389,14 +389,15 @@ class HttpConnection(asyncio.Protocol):
     # -- replayed responses (HeadRecord.replay) ----------------------------------------------
 
     def replay_started(self) -> None:
-        """A replay answers the head just read: the stub_status state of a request."""
+        """A replay answers the head just read: counted as a request (stub_status,
+        $connection_requests)."""
+        self.requests += 1
         if self.stats is not None:
             self.stats.writing(self)
 
     def replay_done(self, rest: bytes) -> None:
         """A replayed response was written: the request is over, as close_request ends a
         kept-alive one. `rest` (pipelined bytes) is read by the caller's loop."""
-        self.requests += 1
         self.body = None
         if self.stats is not None:
             self.stats.waiting(self)

@@ -470,6 +470,11 @@ class Request:
             body = self.return_body.encode("utf-8", "surrogateescape")
             self.out.content_type = self.loc.default_type
             self.send_response(status, body)
+            record = self.record
+            if record is not None and record.replay is None:
+                from pyngx.http.replay import install_return
+
+                install_return(self)
             return
         # ngx_http_special_response_handler: the entity's validators do not describe a page.
         out = self.out

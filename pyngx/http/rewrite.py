@@ -554,6 +554,13 @@ class ReturnOp(Op):
         if self.text is not None:
             self.text.bind(table)
 
+    @property
+    def constant_body(self) -> bool:
+        """A body that is the same for every request (no variables, no captures)."""
+        return self.mode == "body" and (
+            self.text is None or all(kind == "lit" for kind, _ in self.text.parts)
+        )
+
     def run(self, r: Any, e: _Engine) -> int | None:
         mode = self.mode
         if mode != "status":

@@ -18,8 +18,7 @@ What is checked on every replay, so that it sends exactly what the phases would:
 Once a second a replay also does what a lookup does to the zone's node (its `inactive`
 deadline, its LRU place), so the cache manager sees the entry in use.
 
-The access log is written as for any request: a Request is made for it, with the fields the
-phases would have set (status, bytes sent, the upstream state giving $upstream_cache_status).
+The general part (what the request must be, the bytes, the log line) is pyngx/http/replay.py.
 """
 
 from __future__ import annotations
@@ -28,62 +27,28 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.variables import split_complex
-from pyngx.http.request import DATE
+from pyngx.http.replay import Replay, request_replayable, split_head
 
 if TYPE_CHECKING:
     from pyngx.http.connection import HeadRecord, HttpConnection
 
-# The URI-change budget a request starts with (request.URI_CHANGES): unchanged means the
-# request went through no rewrite, error_page or internal redirect.
-_URI_CHANGES = 11
-_DATE_PREFIX = b"\r\nDate: "
 
-
-class HitReplay:
+class HitReplay(Replay):
     """One replayable hit: a callable kept on a HeadRecord (see the module docstring)."""
 
-    __slots__ = (
-        "port",
-        "srv",
-        "loc",
-        "zone",
-        "digest",
-        "entry",
-        "slot",
-        "version",
-        "pre",
-        "post",
-        "touched",
-        "upstream",
-        "out",
-        "body_sent",
-        "size",
-    )
+    __slots__ = ("zone", "digest", "entry", "slot", "version", "touched")
 
     def __init__(self, r: Any, lk: Any, pre: bytes, post: bytes) -> None:
-        self.port = r.conn.port
-        self.srv = r.srv
-        self.loc = r.loc
+        super().__init__(r, pre, post)
         self.zone = lk.zone
         self.digest = lk.digest
         self.entry = lk.entry
         self.slot = lk.node.slot
         self.version = lk.node.version
-        self.pre = pre
-        self.post = post
         self.touched = int(time.time())
-        # For the access log: the exchange's $upstream_* (cache status HIT, no tries) and
-        # the response head ($sent_http_*), the same for every replay of this hit.
-        self.upstream = r.upstream
-        self.out = r.out
-        self.body_sent = r.body_sent
-        self.size = len(pre) + len(DATE.line()) + len(post)
 
     def __call__(self, conn: HttpConnection, record: HeadRecord, rest: bytes) -> bool:
-        if conn.port is not self.port:
-            return False
-        loc = self.loc
-        if conn.requests + 1 >= loc.keepalive_requests or conn.worker.draining:
+        if not self.admit(conn):
             return False
         now = int(time.time())
         entry = self.entry
@@ -100,81 +65,33 @@ class HitReplay:
             if not zone.index.touch(self.slot, self.digest, now, zone.inactive):
                 record.replay = None
                 return False
-        conn.replay_started()
-        conn.write(self.pre + DATE.line().encode() + self.post)
-        if loc.access_logs:
-            self._log(conn, record)
-        conn.replay_done(rest)
+        self.send(conn, record, rest)
         return True
-
-    def _log(self, conn: HttpConnection, record: HeadRecord) -> None:
-        r = conn.new_request(record)
-        r.srv = self.srv
-        r.loc = self.loc
-        r.status = 200
-        r.header_sent = True
-        r.done = True
-        r.out = self.out
-        r.upstream = self.upstream
-        r.body_sent = self.body_sent
-        r.bytes_sent = self.size
-        conn.log_request(r)
 
 
 def install(r: Any, lk: Any) -> None:
     """After a HIT sent by the phases: keep a replay on the request's head record when the
     response depends on nothing but the head bytes and the entry (module docstring)."""
-    record = r.record
-    if record is None or not _replayable(r, lk):
+    if not _replayable(r, lk):
         return
-    head = r.build_head()
-    cut = head.find(_DATE_PREFIX)
-    if cut < 0:
+    parts = split_head(r)
+    if parts is None:
         return
-    end = head.find(b"\r\n", cut + 2)
-    body = lk.entry.body
-    record.replay = HitReplay(r, lk, head[: cut + 2], head[end + 2 :] + body)
+    pre, post = parts
+    r.record.replay = HitReplay(r, lk, pre, post + lk.entry.body)
 
 
 def _replayable(r: Any, lk: Any) -> bool:
-    conn = r.conn
-    loc = r.loc
-    srv = r.srv
-    out = r.out
     entry = lk.entry
     node = lk.node
     settings = lk.settings
     return (
-        conn.send_fields is None  # HTTP/1 (an h2 stream has no head records anyway)
-        and not conn.is_ssl
-        and not conn.port.listens[0].ssl
-        and srv.conf.realip is None
-        and srv.script is None
-        and loc.script is None
-        and not loc.access_phase
-        and not loc.add_headers
-        and loc.expires is None
-        and not loc.limit_rate
-        and r.limit_rate is None
-        and r.method == "GET"
-        and (1, 0) <= r.version < (2, 0)
+        request_replayable(r)
+        and r.loc.script is None
         and r.status == 200
-        and r.keepalive
-        and not r.chunked
-        and not r.internal
-        and r.uri_changes == _URI_CHANGES
-        and not r.err_status
-        and r.captures is None
-        and not r.variables
-        and r.extra is None
-        and r.cleanups is None
-        and out.location is None
-        and not out.no_date
-        and out.content_length is not None
         and entry is not None
         and entry.body is not None
-        and out.content_length == len(entry.body)
-        and r.body_sent == len(entry.body)
+        and r.out.content_length == len(entry.body)
         and lk.status == "HIT"
         and node is not None
         and node.slot >= 0
