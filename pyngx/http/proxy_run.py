@@ -26,6 +26,7 @@ from time import time as _time
 from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ERROR, INFO, WARN
+from pyngx.http.proxy_batch import write_soon
 from pyngx.http.proxy_connect import Connector
 from pyngx.http.proxy_headers import copy_headers, redirect_keep
 from pyngx.http.proxy_response import (
@@ -255,7 +256,7 @@ class Exchange(Connector, UpstreamVars):
                 self.attach(conn)
                 return
         self.cached = False
-        self.connect_task = asyncio.ensure_future(self._open(pc.addr, pc.name))
+        self.connect_task = loop.create_task(self._open(pc.addr, pc.name))
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
 
     def _connect_timed_out(self) -> None:
@@ -313,14 +314,16 @@ class Exchange(Connector, UpstreamVars):
             # The hot path: one write, the read timer moved (upstream_pool's lazy timer).
             head = self.head_bytes
             conn.sent = len(head)
-            conn.transport.write(head)
             self.request_sent = True
             if not conn.paused:
+                # Nothing else goes to this connection before the response (proxy_batch.py).
+                write_soon(self.loop, conn.transport, head)
                 conn.kind = "read"
                 conn.deadline = now + self.conf.read_timeout
                 if conn.timer is None:
                     conn.timer = self.loop.call_at(conn.deadline, conn._fired)
                 return
+            conn.transport.write(head)
             conn.arm("send", self.conf.send_timeout)
             return
         conn.sent = 0
@@ -731,7 +734,14 @@ class Exchange(Connector, UpstreamVars):
             wire = head_bytes + body
             r.body_sent = length
             r.bytes_sent = len(wire)
-            r.conn.write(wire)
+            client = r.conn
+            reader = client.body
+            if r.keepalive and (reader is None or reader.done) and not client.worker.draining:
+                # The connection stays open and nothing is written to it before the next
+                # request (a pipelined one starts from the loop's queue, after the flush).
+                write_soon(self.loop, client.transport, wire)
+            else:
+                client.write(wire)
             r.finish()
         else:
             r.send_response(status, body)
