@@ -249,13 +249,34 @@ class Exchange(Connector, UpstreamVars):
         # nginx's log shows "unix:/path:/uri" for a unix socket peer.
         self.peer_text = pc.name + ":" if self.target.unix else pc.name
         pool = group.pool
+        self.cached = False
         if pool is not None:
             conn = pool.get(pc.name)
             if conn is not None:
                 self.cached = True
                 self.attach(conn)
                 return
-        self.cached = False
+            pool.wait(pc.name, self, loop)
+            return
+        self.open_new()
+
+    def take(self, conn: UpstreamConn) -> bool:
+        """KeepalivePool.wait: a connection given back in this round of the loop."""
+        if self.phase != _CONNECTING or self.conn is not None or self.r.done:
+            return False
+        self.cached = True
+        self.attach(conn)
+        return True
+
+    def open_new(self) -> None:
+        """A new connection to this try's peer (none idle was there for it)."""
+        if self.phase != _CONNECTING or self.conn is not None:
+            return
+        if self.r.done:
+            self.abandon()
+            return
+        pc = self.peer.conf
+        loop = self.loop
         self.connect_task = loop.create_task(self._open(pc.addr, pc.name))
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
 

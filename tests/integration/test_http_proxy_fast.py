@@ -142,3 +142,34 @@ def test_hot_path_falls_back(pyngx: ServerFactory, origin: Origin) -> None:
         r = http_get(port, "/c?size=20&close=1")
         assert r.status == 200 and r.body == pattern(20)
     assert b.requests[-1].target == "/c?size=20&close=1"
+
+
+def test_many_clients_at_once_share_few_connections(pyngx: ServerFactory, origin: Origin) -> None:
+    """Requests that find the cache empty take the connections responses of the same round
+    give back, or open their own: every client gets its own answer, in order."""
+    b = origin()
+    server, port = start(
+        pyngx,
+        "log_format up '$upstream_status $upstream_bytes_sent';\naccess_log logs/up.log up;\n"
+        f"upstream ka {{ server {b.address}; keepalive 4; }}\n"
+        f"server {{ LISTEN; location / {{ proxy_pass http://ka; {KA} }} }}",
+    )
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(24)]
+    readers = [ClientReader(s) for s in socks]
+    try:
+        for round_ in range(15):
+            for i, s in enumerate(socks):
+                size = 10 + i % 3
+                s.sendall(f"GET /r{round_}?size={size}&c={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            for i, reader in enumerate(readers):
+                r = reader.read()
+                assert r.status == 200
+                assert r.body == pattern(10 + i % 3)
+    finally:
+        for s in socks:
+            s.close()
+    lines = log_lines(server, "up.log", 24 * 15)
+    assert len(lines) == 24 * 15
+    assert all(line.split(" ")[0] == "200" and int(line.split(" ")[1]) > 0 for line in lines)
+    assert b.connections <= 24 * 15
+    assert len(b.requests) == 24 * 15
