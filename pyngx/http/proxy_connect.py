@@ -66,9 +66,10 @@ class Connector:
                 transport, conn = await loop.create_connection(
                     factory, addr.address[0], addr.address[1], local_addr=local
                 )
-                sock = transport.get_extra_info("socket")
-                if sock is not None and conf.socket_keepalive:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if conf.socket_keepalive:
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.target.ssl:
                 phase = "handshake"
                 conn = await self._handshake(conn, transport)

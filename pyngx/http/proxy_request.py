@@ -102,7 +102,14 @@ def handler(r: Any) -> int | None:
         if uri[:1] == "/":
             ex = Exchange(r, conf, target, uri)
             r.upstream = ex
-            ex.head_bytes = build_head(r, conf, r.method, uri)
+            method = r.method
+            # build_head's cache probe, for a request without a body or a cache lookup.
+            hl = r.header_list
+            hit = _HEADS.get((method, uri, id(conf), id(hl))) if r.extra is None else None
+            if hit is not None and hit[0] is hl and hit[1] is conf:
+                ex.head_bytes = hit[2]
+            else:
+                ex.head_bytes = build_head(r, conf, method, uri)
             ex.start()
             return DONE
     from_variables = False

@@ -104,6 +104,8 @@ _SPACE_IN_NAME = re.compile(r"\n[^:\n \t]*[ \t]")
 HEAD_CACHE_ENTRIES = 256
 HEAD_CACHE_MAX = 2048
 _HEADS: dict[bytes, tuple[int, str, list[str], bool, dict[int, Any]]] = {}
+# The cache itself, for the exchange's hot path (proxy_run.Exchange._whole_response).
+HEAD_CACHE = _HEADS
 
 
 def parse_head(buf: bytes, limit: int) -> Head | None:
@@ -359,6 +361,7 @@ __all__ = [
     "BadHead",
     "ChunkedDecoder",
     "ChunkedError",
+    "HEAD_CACHE",
     "Head",
     "RedirectRule",
     "parse_head",

@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from time import time as _time
 from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ERROR, INFO, WARN
+from pyngx.http.proxy_batch import write_soon
 from pyngx.http.proxy_connect import Connector
 from pyngx.http.proxy_headers import copy_headers, redirect_keep
 from pyngx.http.proxy_response import (
+    HEAD_CACHE,
     BadHead,
     ChunkedDecoder,
     ChunkedError,
@@ -35,7 +38,7 @@ from pyngx.http.proxy_response import (
     parse_head,
 )
 from pyngx.http.proxy_state import TryState, UpstreamVars
-from pyngx.http.request import DONE
+from pyngx.http.request import DATE, DONE
 from pyngx.http.upstream_pool import UpstreamConn
 
 if TYPE_CHECKING:
@@ -88,6 +91,12 @@ _ACTION = {
     _TUNNEL: "proxying upgraded connection",
     _DONE: "sending to client",
 }
+
+
+# The client's response heads (the bytes Request.build_head makes) for a parse cache copy of an
+# upstream head and the client-side inputs of the head, valid in the second their Date is of.
+CLIENT_HEADS_ENTRIES = 256
+_CLIENT_HEADS: dict[tuple[Any, ...], tuple[Any, int, bytes]] = {}
 
 
 def _strerror(code: int) -> str:
@@ -240,14 +249,35 @@ class Exchange(Connector, UpstreamVars):
         # nginx's log shows "unix:/path:/uri" for a unix socket peer.
         self.peer_text = pc.name + ":" if self.target.unix else pc.name
         pool = group.pool
+        self.cached = False
         if pool is not None:
             conn = pool.get(pc.name)
             if conn is not None:
                 self.cached = True
                 self.attach(conn)
                 return
-        self.cached = False
-        self.connect_task = asyncio.ensure_future(self._open(pc.addr, pc.name))
+            pool.wait(pc.name, self, loop)
+            return
+        self.open_new()
+
+    def take(self, conn: UpstreamConn) -> bool:
+        """KeepalivePool.wait: a connection given back in this round of the loop."""
+        if self.phase != _CONNECTING or self.conn is not None or self.r.done:
+            return False
+        self.cached = True
+        self.attach(conn)
+        return True
+
+    def open_new(self) -> None:
+        """A new connection to this try's peer (none idle was there for it)."""
+        if self.phase != _CONNECTING or self.conn is not None:
+            return
+        if self.r.done:
+            self.abandon()
+            return
+        pc = self.peer.conf
+        loop = self.loop
+        self.connect_task = loop.create_task(self._open(pc.addr, pc.name))
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
 
     def _connect_timed_out(self) -> None:
@@ -305,14 +335,16 @@ class Exchange(Connector, UpstreamVars):
             # The hot path: one write, the read timer moved (upstream_pool's lazy timer).
             head = self.head_bytes
             conn.sent = len(head)
-            conn.transport.write(head)
             self.request_sent = True
             if not conn.paused:
+                # Nothing else goes to this connection before the response (proxy_batch.py).
+                write_soon(self.loop, conn.transport, head)
                 conn.kind = "read"
                 conn.deadline = now + self.conf.read_timeout
                 if conn.timer is None:
                     conn.timer = self.loop.call_at(conn.deadline, conn._fired)
                 return
+            conn.transport.write(head)
             conn.arm("send", self.conf.send_timeout)
             return
         conn.sent = 0
@@ -406,6 +438,8 @@ class Exchange(Connector, UpstreamVars):
         st.received += len(data)
         if self.buf:
             data = self.buf + data
+        elif self.cache is None and self._whole_response(r, st, data):
+            return
         try:
             head = parse_head(data, self.conf.buffer_size)
         except BadHead as exc:
@@ -598,6 +632,149 @@ class Exchange(Connector, UpstreamVars):
         r.conn.on_drain = self._client_drained
         if rest:
             self._relay(rest, counted=True)
+
+    def _whole_response(self, r: Request, st: TryState, data: bytes) -> bool:
+        """The hot path of _response: a head seen before (the parse cache, with this
+        location's copy of it), a 2xx answer with its whole Content-Length body in `data`,
+        nothing to retry, intercept, redirect or store. Does what _response, copy_headers,
+        _release and _done_client do for it, in one call; False (nothing done) otherwise."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        size = end + 4
+        conf = self.conf
+        if size > conf.buffer_size:
+            return False
+        hit = HEAD_CACHE.get(data if len(data) == size else data[:size])
+        if hit is None:
+            return False
+        actions = conf.actions
+        copy = hit[4].get(id(actions))
+        if copy is None or copy[0] is not actions:
+            return False
+        pairs, ct, length, chunked, close, xar, xab = copy[1]
+        status = hit[0]
+        if (
+            status < 200
+            or status >= 300
+            or status == 204
+            or chunked
+            or not length
+            or len(data) - size != length
+            or xar is not None
+            or xab is not None
+            or self.method == "HEAD"
+            or r.method == "HEAD"
+            or self.writer is not None
+            or self.client_paused
+        ):
+            return False
+        now = self.loop.time()
+        start = st.start
+        st.header = now - start
+        st.status = status
+        head = self.head_in = Head(status, hit[1], hit[2], size, close)
+        head.content_length = length
+        head.copies = hit[4]
+        # copy_headers' result, from its cache (_apply_copy, _finish_copy).
+        r.status = status
+        out = r.out
+        out.status_line = hit[1]
+        headers = out.headers
+        if headers:
+            headers += pairs
+        else:
+            out.headers = list(pairs)
+        if ct is not None:
+            out.content_type = ct
+            out.charset = None
+        out.content_length = length
+        if conf.pass_server:
+            out.no_server = True
+        if conf.pass_date:
+            out.no_date = True
+        self.close_after = close
+        self.length = 0
+        self.keepalive = keepalive = not close
+        st.length = length
+        # _release
+        st.response = now - start
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            st.sent = conn.sent
+            conn.owner = None
+            if conn.ssl:
+                self._save_session(conn)
+            pool = self.target.group.pool if keepalive else None
+            if pool is None or not self.body_done or not pool.put(conn):
+                conn.close()
+        peer = self.peer
+        if peer is not None:
+            self.peer = None
+            pick = self.pick
+            pick.now = now
+            self.balancer.free(peer, pick, failed=False)
+        self.header_sent = True
+        body = data[size:]
+        loc = r.loc
+        if (
+            not headers
+            and r.conn.send_fields is None
+            and out.location is None
+            and not loc.add_headers
+            and loc.expires is None
+            and not r.err_status
+            and out.etag is None
+            and out.last_modified is None
+            and not out.accept_ranges
+            and not r.chunked
+        ):
+            # Request.send_response with the head bytes its build_head made for the same
+            # inputs (this copy of the upstream's head and the client's side of it), in the
+            # same second (Date).
+            ckey = (
+                id(copy),
+                loc,
+                r.keepalive,
+                r.version,
+                out.content_type,
+                out.charset,
+                out.no_server,
+                out.no_date,
+            )
+            made = _CLIENT_HEADS.get(ckey)
+            if made is None or made[0] is not copy or made[1] != int(_time()):
+                head_bytes = r.build_head()
+                if len(_CLIENT_HEADS) >= CLIENT_HEADS_ENTRIES:
+                    _CLIENT_HEADS.clear()
+                _CLIENT_HEADS[ckey] = (copy, DATE.second, head_bytes)
+            else:
+                head_bytes = made[2]
+                r.header_sent = True
+            wire = head_bytes + body
+            r.body_sent = length
+            r.bytes_sent = len(wire)
+            client = r.conn
+            reader = client.body
+            if r.keepalive and (reader is None or reader.done) and not client.worker.draining:
+                # The connection stays open and nothing is written to it before the next
+                # request (a pipelined one starts from the loop's queue, after the flush).
+                write_soon(self.loop, client.transport, wire)
+            else:
+                client.write(wire)
+            r.finish()
+        else:
+            r.send_response(status, body)
+        # _done_client(finished=True)
+        self.phase = _DONE
+        if r.conn.on_drain is not None:
+            self._cleanup_client()
+        else:
+            r.on_abort = None
+        if r.done:
+            r.upstream = None
+        return True
 
     def _test_next(self, ft: int) -> bool:
         """ngx_http_upstream_test_next: another peer for this status?"""

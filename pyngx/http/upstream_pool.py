@@ -183,10 +183,18 @@ class UpstreamConn(asyncio.Protocol):
         self.transport.abort()
 
 
+class Waiter(Protocol):
+    """An exchange that found no idle connection for its peer (KeepalivePool.wait)."""
+
+    def take(self, conn: UpstreamConn) -> bool: ...
+
+    def open_new(self) -> None: ...
+
+
 class KeepalivePool:
     """Idle connections of one upstream group in one worker (nginx's keepalive cache)."""
 
-    __slots__ = ("size", "requests", "timeout", "max_age", "by_key", "lru")
+    __slots__ = ("size", "requests", "timeout", "max_age", "by_key", "lru", "waiters")
 
     def __init__(self, size: int, requests: int, timeout: float, max_age: float) -> None:
         self.size = size
@@ -196,6 +204,8 @@ class KeepalivePool:
         self.by_key: dict[Any, list[UpstreamConn]] = {}
         # Every idle connection, oldest first: the one to drop when the cache is full.
         self.lru: OrderedDict[UpstreamConn, None] = OrderedDict()
+        # Exchanges that found the cache empty in this round of the event loop, by peer.
+        self.waiters: dict[Any, list[Waiter]] = {}
 
     def get(self, key: Any) -> UpstreamConn | None:
         stack = self.by_key.get(key)
@@ -207,13 +217,41 @@ class KeepalivePool:
                 return conn
         return None
 
+    def wait(self, key: Any, waiter: Waiter, loop: asyncio.AbstractEventLoop) -> None:
+        """No idle connection to `key`: the waiter gets the first one a response of this
+        round of the event loop gives back (`take`), else opens its own at the round's end
+        (`open_new`). Under load the round that brings requests brings responses too: their
+        connections serve the requests instead of being cached (and the cache's surplus
+        closed) while as many new ones are opened."""
+        waiters = self.waiters
+        if not waiters:
+            loop.call_soon(self._open_for_waiters)
+        queue = waiters.get(key)
+        if queue is None:
+            waiters[key] = [waiter]
+        else:
+            queue.append(waiter)
+
+    def _open_for_waiters(self) -> None:
+        waiters = self.waiters
+        self.waiters = {}
+        for queue in waiters.values():
+            for waiter in queue:
+                waiter.open_new()
+
     def put(self, conn: UpstreamConn) -> bool:
-        """Cache `conn` (its owner is done with it); False when it must be closed instead."""
+        """Cache `conn` (its owner is done with it), or hand it to a waiting exchange; False
+        when it must be closed instead."""
         if conn.closed or conn.requests >= self.requests:
             return False
         now = conn.loop.time()
         if now - conn.created > self.max_age:
             return False
+        if self.waiters:
+            queue = self.waiters.get(conn.key)
+            while queue:
+                if queue.pop(0).take(conn):
+                    return True
         lru = self.lru
         if len(lru) >= self.size:
             oldest, _ = lru.popitem(last=False)
@@ -250,4 +288,4 @@ class KeepalivePool:
 
 Factory = Callable[[], UpstreamConn]
 
-__all__ = ["KeepalivePool", "Owner", "UpstreamConn", "UP_HIGH_WATER", "UP_LOW_WATER"]
+__all__ = ["KeepalivePool", "Owner", "UpstreamConn", "UP_HIGH_WATER", "UP_LOW_WATER", "Waiter"]
