@@ -755,14 +755,8 @@ class Exchange(Connector, UpstreamVars):
             wire = head_bytes + body
             r.body_sent = length
             r.bytes_sent = len(wire)
-            client = r.conn
-            reader = client.body
-            if r.keepalive and (reader is None or reader.done) and not client.worker.draining:
-                # The connection stays open and nothing is written to it before the next
-                # request (a pipelined one starts from the loop's queue, after the flush).
-                write_soon(self.loop, client.transport, wire)
-            else:
-                client.write(wire)
+            # HttpConnection.write holds a small write to the end of the loop's round too.
+            r.conn.write(wire)
             r.finish()
         else:
             r.send_response(status, body)
