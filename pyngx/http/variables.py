@@ -47,6 +47,21 @@ def _sent_http(name: str) -> Getter:
             return None if out.last_modified is None else http_date(out.last_modified)
         if key == "etag":
             return out.etag
+        # nginx's ngx_http_variable_sent_connection / _keep_alive / _transfer_encoding read
+        # the request's state, not the headers list. By the log phase nginx has cleared
+        # r->keepalive (ngx_http_set_keepalive, before ngx_http_free_request logs): a
+        # finished request logs "close" and no Keep-Alive, as nginx 1.22 does.
+        if key == "connection":
+            if r.status == 101:
+                return "upgrade"
+            return "keep-alive" if r.keepalive and not r.done else "close"
+        if key == "keep-alive":
+            timeout = r.loc.keepalive_header
+            if r.keepalive and not r.done and timeout:
+                return f"timeout={int(timeout)}"
+            return None
+        if key == "transfer-encoding":
+            return "chunked" if r.chunked else None
         for n, v in out.headers:
             if n.lower() == key:
                 return v

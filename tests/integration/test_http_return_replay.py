@@ -92,3 +92,32 @@ def test_client_dependent_return_is_not_replayed(pyngx: ServerFactory) -> None:
             for _ in range(3):
                 c.send(build_request("GET", "/who", host="localhost"))
                 assert c.read().body == source.encode()
+
+
+def test_sent_http_connection_variables_match_nginx(
+    pyngx: ServerFactory, nginx: ServerFactory
+) -> None:
+    fmt = 'log_format k "$status $sent_http_connection $sent_http_keep_alive ' \
+        '$sent_http_transfer_encoding";\n'
+    results = {}
+    for name, factory in (("pyngx", pyngx), ("nginx", nginx)):
+        port = free_port()
+        server = factory(
+            "http {\n" + fmt + f"server {{ listen 127.0.0.1:{port}; keepalive_timeout 65 60;"
+            " access_log logs/access.log k;\n"
+            '  location = /ok { return 200 "ok"; } location = /bad { return 500; } }\n}\n'
+        )
+        with HttpClient("127.0.0.1", port) as c:
+            c.send(build_request("GET", "/ok", host="localhost"))
+            c.read()
+            c.send(build_request("GET", "/ok", host="localhost", version="HTTP/1.0"))
+            c.read()
+        for target in ("/ok", "/bad"):
+            with HttpClient("127.0.0.1", port) as c:
+                c.send(build_request("GET", target, {"Connection": "close"}, host="localhost"))
+                c.read()
+        results[name] = log_lines(server, 4)
+        server.stop()
+    assert results["pyngx"] == results["nginx"]
+    # At the log phase nginx has cleared r->keepalive: "close" even for a kept connection.
+    assert results["pyngx"][0] == "200 close - -"
