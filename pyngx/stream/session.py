@@ -163,9 +163,9 @@ class UpstreamSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         s = self.session
         s.up_received += len(data)
+        now = s.last_activity = s.loop.time()
         if s.first_byte_at is None:
-            s.first_byte_at = s.loop.time()
-        s.last_activity = s.loop.time()
+            s.first_byte_at = now
         s.bytes_sent += len(data)
         s.transport.write(data)
         if s.download_rate:
@@ -559,7 +559,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         now = self.loop.time()
         pick = self.pick
         if pick is None:
-            group = self.group = self._pick_group()
+            group = self.group = self.server.upstream or self._pick_group()
             if group is None:
                 self.finalize(STATUS_BAD_GATEWAY)
                 return
@@ -759,7 +759,8 @@ class ClientSide(SessionLog, asyncio.Protocol):
         if data:
             self.up_sent += len(data)
             transport.write(data)
-        self.resume(self.transport, "connect")
+        if self.paused is not None:
+            self.resume(self.transport, "connect")
         if self.client_eof:
             self.side_eof(from_upstream=False)
         if self.state == RELAYING and self.server.timeout < self.server.connect_timeout:
