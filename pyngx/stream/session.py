@@ -1,15 +1,18 @@
 """A proxied stream session: the client connection, the upstream connection, and the relay.
 
 Design notes
-- Both sides are asyncio Protocols (callbacks, no task per connection but the one that awaits
-  the upstream connect). Relaying is one `write` of the received buffer to the other side: no
-  per-byte work, no copies of our own.
+- Both sides are asyncio Protocols (callbacks, no Task per connection: the upstream connect's
+  coroutine is stepped by ConnectStep; only `proxy_ssl` keeps a Task, for its context
+  variable). Relaying is one `write` of the received buffer to the other side: no per-byte
+  work, no copies of our own.
 - Flow control as uvicorn's FlowControl: when one side's write buffer passes its high-water
   mark, the other side stops reading until it drains. Pausing for rate limits is tracked
   separately so one reason never resumes what the other paused.
 - The PROXY header towards the upstream is written in the upstream's `connection_made`,
   together with any client bytes that arrived while connecting, in one write: mail servers
   speak first, and no client byte can overtake the header.
+- proxy_connect_timeout, armed by every session and nearly always cancelled, lives in a queue
+  per delay with one loop timer (timers.py), not in a TimerHandle of its own.
 - The idle timer (`proxy_timeout`) is lazy: data only stamps the time; the timer re-arms
   itself when it fires early, instead of being rescheduled on every read.
 - Ending follows ngx_stream_proxy_test_finalize: without `proxy_half_close`, the first side to
