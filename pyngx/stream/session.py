@@ -1,15 +1,18 @@
 """A proxied stream session: the client connection, the upstream connection, and the relay.
 
 Design notes
-- Both sides are asyncio Protocols (callbacks, no task per connection but the one that awaits
-  the upstream connect). Relaying is one `write` of the received buffer to the other side: no
-  per-byte work, no copies of our own.
+- Both sides are asyncio Protocols (callbacks, no Task per connection: the upstream connect's
+  coroutine is stepped by ConnectStep; only `proxy_ssl` keeps a Task, for its context
+  variable). Relaying is one `write` of the received buffer to the other side: no per-byte
+  work, no copies of our own.
 - Flow control as uvicorn's FlowControl: when one side's write buffer passes its high-water
   mark, the other side stops reading until it drains. Pausing for rate limits is tracked
   separately so one reason never resumes what the other paused.
 - The PROXY header towards the upstream is written in the upstream's `connection_made`,
   together with any client bytes that arrived while connecting, in one write: mail servers
   speak first, and no client byte can overtake the header.
+- proxy_connect_timeout, armed by every session and nearly always cancelled, lives in a queue
+  per delay with one loop timer (timers.py), not in a TimerHandle of its own.
 - The idle timer (`proxy_timeout`) is lazy: data only stamps the time; the timer re-arms
   itself when it fires early, instead of being rescheduled on every read.
 - Ending follows ngx_stream_proxy_test_finalize: without `proxy_half_close`, the first side to
@@ -25,13 +28,14 @@ import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
-from pyngx.stream import pass_module, set_return, tls
+from pyngx.stream import pass_module, set_return, timers, tls
 from pyngx.stream.session_log import SessionLog, peer_text
 from pyngx.stream.upstream import UpstreamGroup, implicit_group
 from pyngx.upstream import Balancer, Peer, PickContext
@@ -94,6 +98,58 @@ def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
     return addr[0], addr[1]
 
 
+class ConnectStep:
+    """Drive one connect try's coroutine without a Task (asyncio's Task costs an object in a
+    WeakSet and a loop turn before its first step; this costs neither).
+
+    The first step runs at once, inside connect_upstream; the next one when the future the
+    coroutine waits for is done. cancel() throws CancelledError in, as Task.cancel() would,
+    so that create_connection closes its half-made transport.
+    """
+
+    __slots__ = ("session", "coro", "fut")
+
+    def __init__(self, session: ClientSide, coro: Coroutine[Any, Any, None]) -> None:
+        self.session = session
+        self.coro = coro
+        self.fut: asyncio.Future[Any] | None = None
+
+    def step(self, exc: BaseException | None) -> None:
+        try:
+            fut = self.coro.send(None) if exc is None else self.coro.throw(exc)
+        except (StopIteration, asyncio.CancelledError):
+            self._finished()  # done, or cancelled: a cancelled Task reports nothing either
+            return
+        except BaseException as error:  # noqa: BLE001 - what a Task would report
+            self._finished()
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.session.loop.call_exception_handler(
+                {"message": "stream upstream connect failed", "exception": error}
+            )
+            return
+        self.fut = fut
+        fut.add_done_callback(self._wake)
+
+    def _wake(self, fut: asyncio.Future[Any]) -> None:
+        if fut is not self.fut:
+            return  # cancelled after the future was done and this call already queued
+        self.fut = None
+        self.step(None)
+
+    def _finished(self) -> None:
+        s = self.session
+        if s.connect_task is self:
+            s.connect_task = None
+
+    def cancel(self) -> None:
+        fut = self.fut
+        if fut is not None:
+            fut.remove_done_callback(self._wake)
+            self.fut = None
+            self.step(asyncio.CancelledError())
+
+
 class UpstreamSide(asyncio.Protocol):
     """The connection to the upstream server; forwards what it reads to the client."""
 
@@ -110,9 +166,9 @@ class UpstreamSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         s = self.session
         s.up_received += len(data)
+        now = s.last_activity = s.loop.time()
         if s.first_byte_at is None:
-            s.first_byte_at = s.loop.time()
-        s.last_activity = s.loop.time()
+            s.first_byte_at = now
         s.bytes_sent += len(data)
         s.transport.write(data)
         if s.download_rate:
@@ -201,7 +257,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         self.pp: pp.ProxyHeader | None = None
         self.bytes_sent = self.bytes_received = self.up_sent = self.up_received = 0
         self.pending: list[bytes] | bytearray | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | timers.Deadline | None = None
         self.tried: list[str] = []
         self.pick: PickContext | None = None
         self.peer: Peer | None = None
@@ -212,7 +268,8 @@ class ClientSide(SessionLog, asyncio.Protocol):
         self.passes = 0
         self.client_hello: tls_client_hello.ClientHello | None = None
         self.next_started = 0.0
-        self.connect_task: asyncio.Task[Any] | None = None
+        # The try in progress: a ConnectStep, or a Task with `proxy_ssl`.
+        self.connect_task: ConnectStep | asyncio.Task[Any] | None = None
         self.connect_started = 0.0
         self.try_times: list[float] | None = None
         self.connected_at: float | None = None
@@ -505,7 +562,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         now = self.loop.time()
         pick = self.pick
         if pick is None:
-            group = self.group = self._pick_group()
+            group = self.group = self.server.upstream or self._pick_group()
             if group is None:
                 self.finalize(STATUS_BAD_GATEWAY)
                 return
@@ -536,16 +593,34 @@ class ClientSide(SessionLog, asyncio.Protocol):
             return
         self.peer = peer
         self.tried.append(peer.conf.name)
-        self.connect_task = self.loop.create_task(self._connect(peer.conf.addr))
+        # The timer first: a connect that fails at once retries or ends the session from
+        # inside the first step below, and must find this try's timer, not arm one after.
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(self.server.connect_timeout, self._on_timer)
+        # Every session arms this one and nearly all cancel it soon: a shared queue per delay
+        # instead of a loop timer each (see timers.py).
+        self.timer = timers.queue_for(self.loop, self.server.connect_timeout).call_later(
+            self._on_timer
+        )
+        if self.server.proxy_ssl is not None:
+            # A Task of its own: the TLS session to resume travels in a context variable,
+            # which must not leak into the loop's context (see tls.NEXT_SESSION).
+            task = self.loop.create_task(self._connect_tls(peer.conf.addr, self.server.proxy_ssl))
+            self.connect_task = task
+            task.add_done_callback(self._connect_task_done)
+            return
+        # No Task for a plain connect: the coroutine is stepped from here and from the
+        # connect's own future (one object, one call_soon less per session).
+        step = ConnectStep(self, self._connect(peer.conf.addr))
+        self.connect_task = step
+        step.step(None)
+
+    def _connect_task_done(self, task: asyncio.Task[Any]) -> None:
+        if self.connect_task is task:
+            self.connect_task = None
 
     async def _connect(self, addr: Any) -> None:
         srv = self.server
-        if srv.proxy_ssl is not None:
-            await self._connect_tls(addr, srv.proxy_ssl)
-            return
         try:
             if addr.family == socket.AF_UNIX:
                 await self.loop.create_unix_connection(lambda: UpstreamSide(self), addr.address)
@@ -567,8 +642,6 @@ class ClientSide(SessionLog, asyncio.Protocol):
             return
         except OSError as exc:
             self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
-        finally:
-            self.connect_task = None
 
     async def _connect_tls(self, addr: Any, conf: tls.ProxySsl) -> None:
         """`proxy_ssl on`: connect in plaintext, send the PROXY header (nginx sends it before
@@ -624,8 +697,6 @@ class ClientSide(SessionLog, asyncio.Protocol):
             else:
                 text = _upstream_tls_error(exc, conf.name)
                 self._connect_failed(text, "SSL handshaking to upstream")
-        finally:
-            self.connect_task = None
 
     def _connect_failed(self, message: str, action: str = "connecting to upstream") -> None:
         """ngx_stream_proxy_next_upstream: count the failure, then retry or give up (502)."""
@@ -691,7 +762,8 @@ class ClientSide(SessionLog, asyncio.Protocol):
         if data:
             self.up_sent += len(data)
             transport.write(data)
-        self.resume(self.transport, "connect")
+        if self.paused is not None:
+            self.resume(self.transport, "connect")
         if self.client_eof:
             self.side_eof(from_upstream=False)
         if self.state == RELAYING and self.server.timeout < self.server.connect_timeout:

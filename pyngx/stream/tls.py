@@ -431,6 +431,8 @@ class Stepper:
         fut.add_done_callback(self._wake)
 
     def _wake(self, fut: asyncio.Future[Any]) -> None:
+        if fut is not self.fut:
+            return  # cancelled after the future was done and this call already queued
         self.fut = None
         self._step(None)
 
