@@ -581,6 +581,19 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.pending = data
 
+    def write_parts(self, head: bytes, body: bytes) -> None:
+        """`write(head + body)` without joining a large body to its head (one writev)."""
+        if len(body) + len(head) <= BATCH_MAX:
+            self.write(head + body)
+            return
+        if self.state == _CLOSED:
+            return
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            head = pending + head
+        self.transport.writelines((head, body))
+
     def flush(self) -> None:
         """Send a pending small write now (before the transport is closed or written to
         directly)."""

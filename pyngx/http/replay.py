@@ -110,7 +110,7 @@ class Replay:
 
     def send(self, conn: HttpConnection, record: HeadRecord, rest: bytes) -> None:
         conn.replay_started()
-        conn.write(self.pre + DATE.line().encode() + self.post)
+        conn.write_parts(self.pre + DATE.line().encode(), self.post)
         if self.loc.access_logs:
             r = conn.new_request(record)
             r.srv = self.srv

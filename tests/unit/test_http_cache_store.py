@@ -152,9 +152,20 @@ def test_read_missing(tmp_path: Path) -> None:
     assert info.value.missing
 
 
-def test_large_body_stays_in_the_file(tmp_path: Path) -> None:
+def test_body_that_fits_the_hot_cache_is_read_whole(tmp_path: Path) -> None:
+    # Larger than the first read, small enough for the HotCache: the entry comes with its
+    # body, so hits after a restart are served from memory.
     key = b"k"
     body = os.urandom(s.READ_AHEAD * 2 + 7)
+    path = tmp_path / "f"
+    path.write_bytes(_nginx_file(key, HEAD, body))
+    e = s.read_entry(str(path), key, hashlib.md5(key).digest())
+    assert e.body == body and e.fd == -1
+
+
+def test_large_body_stays_in_the_file(tmp_path: Path) -> None:
+    key = b"k"
+    body = os.urandom(s.HOT_MAX_ENTRY + 7)
     path = tmp_path / "f"
     path.write_bytes(_nginx_file(key, HEAD, body))
     e = s.read_entry(str(path), key, hashlib.md5(key).digest())

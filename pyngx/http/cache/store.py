@@ -284,6 +284,10 @@ def read_entry(path: str, key: bytes, digest: bytes) -> Entry:
             body_start = FileHeader.unpack(data).body_start
             if len(data) < body_start <= st.st_size:
                 data = os.pread(fd, body_start, 0)
+        if len(data) < st.st_size <= HOT_MAX_ENTRY:
+            # Small enough for the worker's HotCache: read it whole, so the hits after this
+            # one (after a restart, another worker's store) are served from memory.
+            data = os.pread(fd, st.st_size, 0)
         entry = parse_entry(data, st.st_size, key, digest, path)
         entry.inode = st.st_ino
         if entry.body is None:
