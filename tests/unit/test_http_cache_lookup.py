@@ -428,7 +428,7 @@ def test_serve_without_content_length_goes_chunked(basic: object) -> None:
 
 
 def test_serve_large_body_streams(basic: object) -> None:
-    big = os.urandom(st.READ_AHEAD * 3)
+    big = os.urandom(st.HOT_MAX_ENTRY + st.READ_AHEAD)  # beyond the HotCache: streamed
     fetch(request(basic, "/big"), body=big)
     forget_memory(basic)
     r = request(basic, "/big")
