@@ -49,8 +49,11 @@ _ETIMEDOUT = "110: Connection timed out"
 class HeadRecord:
     """What the head cache keeps for one request head: its parse, framing and header dict,
     and, once a request with this head was answered from memory in a way that depends only
-    on these bytes (pyngx/http/cache/replay.py: a proxy_cache hit), the `replay` that
-    answers the next one without the phases. replay(conn, record, rest) -> served."""
+    on these bytes (pyngx/http/replay.py, pyngx/http/cache/replay.py: `return`, a
+    proxy_cache hit), the `replay` that answers the next one without the phases; or, for a
+    proxied location the head always leads to, the lane that starts the next one at the
+    proxy (pyngx/http/proxy_lane.py). replay(conn, record, rest) -> True (answered),
+    proxy_lane.STARTED (a request runs) or False (not taken: the phases run)."""
 
     __slots__ = ("head", "framing", "headers", "replay")
 
@@ -58,7 +61,7 @@ class HeadRecord:
         self.head = head
         self.framing = framing
         self.headers = headers
-        self.replay: Callable[[HttpConnection, HeadRecord, bytes], bool] | None = None
+        self.replay: Callable[[HttpConnection, HeadRecord, bytes], int] | None = None
 _IDLE, _HEAD, _BUSY, _DISCARD, _CLOSED = range(5)
 
 
@@ -319,11 +322,19 @@ class HttpConnection(asyncio.Protocol):
                 hit = srv.head_cache.get(data[: end + 4])
                 if hit is not None:
                     replay = hit.replay
-                    if replay is not None and replay(self, hit, data[end + 4 :]):
-                        data = data[end + 4 :]
-                        if not data:
-                            return
-                        continue
+                    if replay is not None:
+                        served = replay(self, hit, data[end + 4 :])
+                        if served is True:  # answered (replay.py)
+                            data = data[end + 4 :]
+                            if not data:
+                                return
+                            continue
+                        if served:  # a request started without the phases (proxy_lane.py)
+                            if self.state != _IDLE or not self.buf:
+                                return
+                            data = self.buf
+                            self.buf = b""
+                            continue
                     self.buf = b""
                     self._start_request(hit.head, data[end + 4 :], hit)
                     if self.state != _IDLE or not self.buf:
@@ -425,6 +436,20 @@ class HttpConnection(asyncio.Protocol):
         req.framing = framing
         req.host = framing.host
         req.keepalive = framing.keepalive
+        return req
+
+    def start_known_request(self, record: HeadRecord, rest: bytes) -> Request:
+        """_start_request for a head whose record says where it goes (proxy_lane.py): a
+        request without a body, its phases left to the caller."""
+        if self.stats is not None:
+            self.stats.writing(self)
+        req = self.new_request(record)
+        self.request = req
+        self.state = _BUSY
+        self.requests += 1
+        self.body = None
+        self.buf = rest
+        self._cancel_timer()
         return req
 
     def log_request(self, req: Request) -> None:

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from pyngx.core.log import ERROR
+from pyngx.http import proxy_lane
 from pyngx.http.proxy_conf import BODY_LENGTH, CHUNKED, VALUE, ProxyConf, Target
 from pyngx.http.proxy_run import Exchange
 from pyngx.http.request import DONE
@@ -110,6 +111,9 @@ def handler(r: Any) -> int | None:
                 ex.head_bytes = hit[2]
             else:
                 ex.head_bytes = build_head(r, conf, method, uri)
+            record = r.record
+            if record is not None and record.replay is None:
+                proxy_lane.install(r, conf, target, build_head)
             ex.start()
             return DONE
     from_variables = False

@@ -194,7 +194,7 @@ class Waiter(Protocol):
 class KeepalivePool:
     """Idle connections of one upstream group in one worker (nginx's keepalive cache)."""
 
-    __slots__ = ("size", "requests", "timeout", "max_age", "by_key", "lru", "waiters")
+    __slots__ = ("size", "requests", "timeout", "max_age", "by_key", "lru", "waiters", "trimming")
 
     def __init__(self, size: int, requests: int, timeout: float, max_age: float) -> None:
         self.size = size
@@ -206,6 +206,7 @@ class KeepalivePool:
         self.lru: OrderedDict[UpstreamConn, None] = OrderedDict()
         # Exchanges that found the cache empty in this round of the event loop, by peer.
         self.waiters: dict[Any, list[Waiter]] = {}
+        self.trimming = False  # a _trim is scheduled
 
     def get(self, key: Any) -> UpstreamConn | None:
         stack = self.by_key.get(key)
@@ -253,11 +254,13 @@ class KeepalivePool:
                 if queue.pop(0).take(conn):
                     return True
         lru = self.lru
-        if len(lru) >= self.size:
-            oldest, _ = lru.popitem(last=False)
-            self.by_key[oldest.key].remove(oldest)
-            oldest.pool = None
-            oldest.close()
+        if len(lru) >= self.size and not self.trimming:
+            # Over `keepalive`: the least recently used go at the end of this round of the
+            # event loop, after the requests read in the same round took what they need
+            # (a connection closed here and another opened for a request a moment later
+            # would cost two handshakes for nothing).
+            self.trimming = True
+            conn.loop.call_soon(self._trim)
         conn.owner = None
         conn.pool = self
         lru[conn] = None
@@ -271,6 +274,15 @@ class KeepalivePool:
         if conn.timer is None:
             conn.timer = conn.loop.call_at(conn.deadline, conn._fired)
         return True
+
+    def _trim(self) -> None:
+        self.trimming = False
+        lru = self.lru
+        while len(lru) > self.size:
+            oldest, _ = lru.popitem(last=False)
+            self.by_key[oldest.key].remove(oldest)
+            oldest.pool = None
+            oldest.close()
 
     def forget(self, conn: UpstreamConn) -> None:
         if conn.pool is not self:

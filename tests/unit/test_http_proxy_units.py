@@ -378,7 +378,9 @@ def test_keepalive_pool_lru_and_limits() -> None:
 
         a1, a2, b1 = conn("a"), conn("a"), conn("b")
         assert pool.put(a1) and pool.put(a2)
-        assert pool.put(b1)  # the cache is full: the least recently cached (a1) goes
+        assert pool.put(b1)  # over the limit: the least recently cached (a1) goes...
+        assert not a1.closed
+        loop.run_until_complete(asyncio.sleep(0))  # ...at the end of the loop's round
         assert a1.closed and not a2.closed
         assert pool.get("a") is a2
         assert pool.get("a") is None
@@ -394,6 +396,33 @@ def test_keepalive_pool_lru_and_limits() -> None:
         assert pool.put(gone)
         gone.connection_lost(None)
         assert pool.get("d") is None
+    finally:
+        loop.close()
+
+
+def test_keepalive_pool_surplus_serves_the_same_round() -> None:
+    """Connections given back over the limit are still there for the requests read in the
+    same round of the event loop; only what is left over at its end is closed."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = KeepalivePool(1, 100, 60.0, 3600.0)
+        conns = []
+        for _ in range(3):
+            c = UpstreamConn(loop, "a")
+            c.connection_made(FakeTransport())  # type: ignore[arg-type]
+            conns.append(c)
+            assert pool.put(c)
+        taken = pool.get("a"), pool.get("a")
+        assert taken == (conns[2], conns[1])
+        loop.run_until_complete(asyncio.sleep(0))
+        assert not any(c.closed for c in conns)
+        assert pool.get("a") is conns[0]
+        # Given back again, three over a limit of one: the two least recent are closed.
+        for c in conns:
+            assert pool.put(c)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert [c.closed for c in conns] == [True, True, False]
+        assert len(pool.lru) == 1
     finally:
         loop.close()
 

@@ -1,0 +1,109 @@
+"""Proxied requests that skip the phases: the location a request head leads to, kept on the
+head cache's record of that head (connection.HeadRecord), like a replay (replay.py).
+
+Which location serves a request, and that nothing before its content handler acts on it, is
+a function of the head's bytes when the server has no rewrite script and the location has
+no rewrite script (rewrite, return, set, if), no access-phase handler (allow/deny, limit_req,
+limit_conn, auth), no try_files, and was found by a plain search (no captures, no internal
+redirect). The first request with a head runs the phases; when the proxy handler takes its
+common case for it (a static proxy_pass without a URI part, the client's URI sent as it came,
+no body, no cache), `install` keeps a `ProxyLane` on the head's record. The next request with
+the same head bytes on the same port is started from the connection's read callback: the
+Request gets the fields the phases would have set (server, location, keepalive) and goes
+straight to the exchange (proxy_run.Exchange), where everything from picking the peer on is
+the usual path: retries, timeouts, error pages, the access log, $upstream_* variables.
+
+The post-read phase (TLS checks, realip) still runs: it looks at the connection, not the
+head. The upstream request head is built per request (proxy_request.build_head), so headers
+with variables ($remote_addr, $proxy_add_x_forwarded_for) are evaluated for each request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pyngx.http import request as request_mod
+from pyngx.http.proxy_run import Exchange
+from pyngx.http.request import URI_CHANGES
+
+if TYPE_CHECKING:
+    from pyngx.http.connection import HeadRecord, HttpConnection
+
+# What a lane returns to HttpConnection._read_head: a request was started (not answered),
+# as _start_request starts one. (A replay returns True: answered.)
+STARTED = 2
+
+
+def lane_allowed(r: Any) -> bool:
+    """The phases' part of the conditions (module docstring), for a request the proxy
+    handler takes in its common case."""
+    record = r.record
+    loc = r.loc
+    return (
+        record is not None
+        and record.replay is None
+        and not record.head.ignored
+        and r.conn.send_fields is None
+        and r.srv.script is None
+        and loc.script is None
+        and not loc.access_phase
+        and loc.try_files is None
+        and not r.internal
+        and r.uri_changes == URI_CHANGES
+        and r.captures is None
+        and not r.variables
+        and (r.extra is None or r.extra.keys() == {"realip"})  # realip: post-read, per request
+        and r.valid_location
+        and r.valid_unparsed_uri
+    )
+
+
+class ProxyLane:
+    """HeadRecord.replay for a proxied location: (conn, record, rest) -> STARTED or False."""
+
+    __slots__ = ("port", "srv", "loc", "conf", "target", "build_head")
+
+    def __init__(self, r: Any, conf: Any, target: Any, build_head: Any) -> None:
+        self.port = r.conn.port
+        self.srv = r.srv
+        self.loc = r.loc
+        self.conf = conf
+        self.target = target
+        self.build_head = build_head  # proxy_request.build_head (which imports this module)
+
+    def __call__(self, conn: HttpConnection, record: HeadRecord, rest: bytes) -> int:
+        if conn.port is not self.port:
+            return False
+        r = conn.start_known_request(record, rest)
+        r.srv = self.srv
+        try:
+            # -- h-tls: the post-read phase looks at the connection (see request.POST_READ)
+            for handler in request_mod.POST_READ:
+                st = handler(r)
+                if st is not None:
+                    r.finalize(st)
+                    return STARTED
+            # -- end h-tls
+            loc = r.loc = self.loc
+            # Request._find_location's keepalive check, for the count just made.
+            if not (loc.keepalive_timeout > 0 and conn.requests < loc.keepalive_requests):
+                r.keepalive = False
+            conf = self.conf
+            uri = r.request_uri
+            ex = Exchange(r, conf, self.target, uri)
+            r.upstream = ex
+            ex.head_bytes = self.build_head(r, conf, r.method, uri)
+            ex.start()
+        except Exception as exc:  # a bug costs this request, never the worker
+            r._crashed(exc)
+        return STARTED
+
+
+def install(r: Any, conf: Any, target: Any, build_head: Any) -> None:
+    """Called by the proxy handler in its common case: keep a lane when the request
+    qualifies."""
+    if lane_allowed(r):
+        r.record.replay = ProxyLane(r, conf, target, build_head)
+
+
+__all__ = ["STARTED", "ProxyLane", "install", "lane_allowed"]
