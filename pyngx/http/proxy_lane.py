@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pyngx.http import request as request_mod
+from pyngx.http.proxy_conf import VALUE
 from pyngx.http.proxy_run import Exchange
 from pyngx.http.request import URI_CHANGES
 
@@ -61,15 +62,18 @@ def lane_allowed(r: Any) -> bool:
 class ProxyLane:
     """HeadRecord.replay for a proxied location: (conn, record, rest) -> STARTED or False."""
 
-    __slots__ = ("port", "srv", "loc", "conf", "target", "build_head")
+    __slots__ = ("port", "srv", "loc", "conf", "target", "build_head", "head_bytes")
 
-    def __init__(self, r: Any, conf: Any, target: Any, build_head: Any) -> None:
+    def __init__(self, r: Any, conf: Any, target: Any, build_head: Any, head: bytes) -> None:
         self.port = r.conn.port
         self.srv = r.srv
         self.loc = r.loc
         self.conf = conf
         self.target = target
         self.build_head = build_head  # proxy_request.build_head (which imports this module)
+        # The upstream request head, when no proxy_set_header has a variable: a function of
+        # the client's head alone (what build_head's own cache keeps for it).
+        self.head_bytes = head if all(item[0] != VALUE for item in conf.plan) else None
 
     def __call__(self, conn: HttpConnection, record: HeadRecord, rest: bytes) -> int:
         if conn.port is not self.port:
@@ -92,18 +96,19 @@ class ProxyLane:
             uri = r.request_uri
             ex = Exchange(r, conf, self.target, uri)
             r.upstream = ex
-            ex.head_bytes = self.build_head(r, conf, r.method, uri)
+            head = self.head_bytes
+            ex.head_bytes = head if head is not None else self.build_head(r, conf, r.method, uri)
             ex.start()
         except Exception as exc:  # a bug costs this request, never the worker
             r._crashed(exc)
         return STARTED
 
 
-def install(r: Any, conf: Any, target: Any, build_head: Any) -> None:
-    """Called by the proxy handler in its common case: keep a lane when the request
-    qualifies."""
+def install(r: Any, conf: Any, target: Any, build_head: Any, head: bytes) -> None:
+    """Called by the proxy handler in its common case, with the upstream head it built for
+    `r`: keep a lane when the request qualifies."""
     if lane_allowed(r):
-        r.record.replay = ProxyLane(r, conf, target, build_head)
+        r.record.replay = ProxyLane(r, conf, target, build_head, head)
 
 
 __all__ = ["STARTED", "ProxyLane", "install", "lane_allowed"]

@@ -113,7 +113,7 @@ def handler(r: Any) -> int | None:
                 ex.head_bytes = build_head(r, conf, method, uri)
             record = r.record
             if record is not None and record.replay is None:
-                proxy_lane.install(r, conf, target, build_head)
+                proxy_lane.install(r, conf, target, build_head, ex.head_bytes)
             ex.start()
             return DONE
     from_variables = False

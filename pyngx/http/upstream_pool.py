@@ -10,7 +10,9 @@ request, and the timer re-arms itself lazily when it fires early. On the hot pat
 connection, one request, one response) that costs two attribute writes per request.
 
 The cache follows ngx_http_upstream_keepalive_module: at most `keepalive` idle connections
-per group and worker, least recently used dropped first; a connection is cached only after a
+per group and worker, least recently used dropped first (at the end of the event loop's
+round, so that requests read in the same round take a surplus connection instead of
+opening a new one while it is closed); a connection is cached only after a
 complete response that allowed it (known length, no `Connection: close`), and not once it
 served `keepalive_requests` requests or lived `keepalive_time`; an idle connection that
 receives anything (data or EOF) is closed, and so is one idle for `keepalive_timeout`.
