@@ -34,7 +34,7 @@ class Connector:
     target: Any
     state: Any
     r: Any
-    connect_task: asyncio.Future[Any] | None
+    connect_task: Any  # a ConnectStep or a Task (Exchange.open_new)
 
     # Provided by the exchange.
     def _connected(self, conn: UpstreamConn) -> None: ...

@@ -25,6 +25,7 @@ import os
 from time import time as _time
 from typing import TYPE_CHECKING, Any
 
+from pyngx.core.connect_step import ConnectStep
 from pyngx.core.log import ERROR, INFO, WARN
 from pyngx.http.proxy_batch import write_soon
 from pyngx.http.proxy_connect import Connector
@@ -180,7 +181,7 @@ class Exchange(Connector, UpstreamVars):
         self.buffering = conf.buffering
         self.paused = False  # upstream reading paused for the client
         self.client_paused = False  # client reading paused for the upstream (request body)
-        self.connect_task: asyncio.Future[Any] | None = None
+        self.connect_task: Any = None  # a ConnectStep, or a Task for TLS (open_new)
         self.connect_timer: asyncio.TimerHandle | None = None
         self.peer_text = ""
         self.started = 0.0
@@ -277,8 +278,20 @@ class Exchange(Connector, UpstreamVars):
             return
         pc = self.peer.conf
         loop = self.loop
-        self.connect_task = loop.create_task(self._open(pc.addr, pc.name))
+        # The timer first: the coroutine's first step runs below, and a connect that ends
+        # inside it must find this try's timer.
         self.connect_timer = loop.call_later(self.conf.connect_timeout, self._connect_timed_out)
+        coro = self._open(pc.addr, pc.name)
+        if self.target.ssl:
+            # A Task of its own: the TLS session to resume travels in a context variable,
+            # which must not leak into the loop's context (proxy_connect._open).
+            self.connect_task = loop.create_task(coro)
+            return
+        # No Task for a plain connect (core/connect_step.py): no WeakSet entry and
+        # no loop turn before the first step.
+        step = ConnectStep(self, coro)
+        self.connect_task = step
+        step.step(None)
 
     def _connect_timed_out(self) -> None:
         self.connect_timer = None

@@ -28,10 +28,10 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
+from pyngx.core.connect_step import ConnectStep
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
@@ -96,58 +96,6 @@ def _addr_text(addr: Any, family: int) -> tuple[str, int | None]:
     if family == socket.AF_UNIX:
         return (f"unix:{addr}" if addr else "unix:"), None
     return addr[0], addr[1]
-
-
-class ConnectStep:
-    """Drive one connect try's coroutine without a Task (asyncio's Task costs an object in a
-    WeakSet and a loop turn before its first step; this costs neither).
-
-    The first step runs at once, inside connect_upstream; the next one when the future the
-    coroutine waits for is done. cancel() throws CancelledError in, as Task.cancel() would,
-    so that create_connection closes its half-made transport.
-    """
-
-    __slots__ = ("session", "coro", "fut")
-
-    def __init__(self, session: ClientSide, coro: Coroutine[Any, Any, None]) -> None:
-        self.session = session
-        self.coro = coro
-        self.fut: asyncio.Future[Any] | None = None
-
-    def step(self, exc: BaseException | None) -> None:
-        try:
-            fut = self.coro.send(None) if exc is None else self.coro.throw(exc)
-        except (StopIteration, asyncio.CancelledError):
-            self._finished()  # done, or cancelled: a cancelled Task reports nothing either
-            return
-        except BaseException as error:  # noqa: BLE001 - what a Task would report
-            self._finished()
-            if isinstance(error, (KeyboardInterrupt, SystemExit)):
-                raise
-            self.session.loop.call_exception_handler(
-                {"message": "stream upstream connect failed", "exception": error}
-            )
-            return
-        self.fut = fut
-        fut.add_done_callback(self._wake)
-
-    def _wake(self, fut: asyncio.Future[Any]) -> None:
-        if fut is not self.fut:
-            return  # cancelled after the future was done and this call already queued
-        self.fut = None
-        self.step(None)
-
-    def _finished(self) -> None:
-        s = self.session
-        if s.connect_task is self:
-            s.connect_task = None
-
-    def cancel(self) -> None:
-        fut = self.fut
-        if fut is not None:
-            fut.remove_done_callback(self._wake)
-            self.fut = None
-            self.step(asyncio.CancelledError())
 
 
 class UpstreamSide(asyncio.Protocol):
