@@ -124,17 +124,32 @@ def copy_headers(ex: Any, head: Head) -> None:
     if copies is not None and not rewritten:
         if len(copies) >= 64:
             copies.clear()
+        status = head.status
+        length = head.content_length
+        # The body length when Exchange._whole_response may answer with this copy: a 2xx with
+        # content, a Content-Length, nothing for X-Accel-* to do; 0 when it may not.
+        whole = (
+            length
+            if 200 <= status < 300
+            and status != 204
+            and length
+            and not head.chunked
+            and head.accel_redirect is None
+            and head.accel_buffering is None
+            else 0
+        )
         copies[id(actions)] = (
             actions,
             (
                 tuple(headers[start:]),
                 ct,
-                head.content_length,
+                length,
                 head.chunked,
                 head.close,
                 head.accel_redirect,
                 head.accel_buffering,
             ),
+            whole,
         )
     _finish_copy(ex, head)
 

@@ -665,23 +665,19 @@ class Exchange(Connector, UpstreamVars):
         copy = hit[4].get(id(actions))
         if copy is None or copy[0] is not actions:
             return False
-        pairs, ct, length, chunked, close, xar, xab = copy[1]
-        status = hit[0]
+        # copy[2]: the body length when the head qualifies (proxy_headers.copy_headers).
+        length = copy[2]
         if (
-            status < 200
-            or status >= 300
-            or status == 204
-            or chunked
-            or not length
+            not length
             or len(data) - size != length
-            or xar is not None
-            or xab is not None
             or self.method == "HEAD"
             or r.method == "HEAD"
             or self.writer is not None
             or self.client_paused
         ):
             return False
+        pairs, ct, _, _, close, _, _ = copy[1]
+        status = hit[0]
         now = self.loop.time()
         start = st.start
         st.header = now - start

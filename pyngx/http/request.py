@@ -526,19 +526,19 @@ class Request:
         """The header only: the body follows through send_body (chunked when its length is
         unknown and the client speaks HTTP/1.1)."""
         out = self.out
+        # ngx_http_chunked_header_filter: a response that has no body (204, 304, 1xx, HEAD)
+        # keeps the connection; one of unknown length goes chunked to an HTTP/1.1 client,
+        # else the connection ends with it.
         if (
             out.content_length is None
-            and (1, 1) <= self.version < (2, 0)
-            and self.status not in _NO_BODY
-            and self.status >= 200
             and self.method != "HEAD"
+            and self.status >= 200
+            and self.status not in _NO_BODY
         ):
-            if self.loc.chunked:
+            if (1, 1) <= self.version < (2, 0) and self.loc.chunked:
                 self.chunked = True
             else:
                 self.keepalive = False
-        elif out.content_length is None and self.method != "HEAD":
-            self.keepalive = False
         last = self.method == "HEAD" or self.status in _NO_BODY
         self.bytes_sent += self._write_head(b"", last=last)
 

@@ -217,15 +217,21 @@ class RoundRobin:
         for peer in self.primary:
             self._range_starts.append(start)
             start += peer.conf.weight
+        # A method with its own _prime (the hash methods): start() calls it.
+        self._primes = type(self)._prime is not RoundRobin._prime
 
     @property
     def peers(self) -> tuple[Peer, ...]:
         return self._peers
 
     def start(self, now: float, key: bytes | None = None) -> PickContext:
-        # nginx: pc->tries = peers->number + peers->next->number.
-        ctx = PickContext(now=now, key=key, tries=len(self._peers))
-        self._prime(ctx)
+        # nginx: pc->tries = peers->number + peers->next->number. (Positional: a dataclass
+        # __init__ called with keywords costs more, once per request.)
+        ctx = PickContext(now, key, set(), len(self._peers))
+        if self._primes:
+            self._prime(ctx)
+        else:
+            ctx.primed = True
         return ctx
 
     def _prime(self, ctx: PickContext) -> None:

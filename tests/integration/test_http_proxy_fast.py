@@ -173,3 +173,35 @@ def test_many_clients_at_once_share_few_connections(pyngx: ServerFactory, origin
     assert all(line.split(" ")[0] == "200" and int(line.split(" ")[1]) > 0 for line in lines)
     assert b.connections <= 24 * 15
     assert len(b.requests) == 24 * 15
+
+
+def test_hot_path_leaves_what_it_cannot_answer(pyngx: ServerFactory, origin: Origin) -> None:
+    """Byte-identical upstream heads, seen again and again, that the hot path must leave to
+    the general one: no content, an error status, a chunked body, X-Accel-Redirect."""
+    b = origin()
+    b.routes["/n"] = b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+    b.routes["/m"] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"
+    b.routes["/k"] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    b.routes["/x"] = b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /inner\r\nContent-Length: 2\r\n\r\nno"
+    _, port = start(
+        pyngx,
+        f"upstream ka {{ server {b.address}; keepalive 4; }}\n"
+        "server { LISTEN;\n"
+        f"  location / {{ proxy_pass http://ka; {KA} }}\n"
+        '  location /inner { internal; return 200 "inner"; }\n'
+        "}",
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        reader = ClientReader(s)
+        for _ in range(3):
+            for path, status, body in (
+                ("/n", 204, b""),
+                ("/m", 404, b"nope"),
+                ("/k", 200, b"abc"),
+                ("/x", 200, b"inner"),
+            ):
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                r = reader.read()
+                assert (r.status, r.body) == (status, body), path
+                if path == "/n":
+                    assert r.header("X-A") == "1"
