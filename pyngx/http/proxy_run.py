@@ -725,7 +725,6 @@ class Exchange(Connector, UpstreamVars):
             pick.now = now
             self.balancer.free(peer, pick, failed=False)
         self.header_sent = True
-        body = data[size:]
         loc = r.loc
         if (
             not headers
@@ -761,14 +760,14 @@ class Exchange(Connector, UpstreamVars):
             else:
                 head_bytes = made[2]
                 r.header_sent = True
-            wire = head_bytes + body
+            wire = head_bytes + memoryview(data)[size:]  # one copy of the body, not two
             r.body_sent = length
             r.bytes_sent = len(wire)
             # HttpConnection.write holds a small write to the end of the loop's round too.
             r.conn.write(wire)
             r.finish()
         else:
-            r.send_response(status, body)
+            r.send_response(status, data[size:])
         # _done_client(finished=True)
         self.phase = _DONE
         if r.conn.on_drain is not None:
