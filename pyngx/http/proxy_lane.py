@@ -79,7 +79,8 @@ class ProxyLane:
         if conn.port is not self.port:
             return False
         r = conn.start_known_request(record, rest)
-        r.srv = self.srv
+        srv = r.srv = self.srv
+        r.loc = srv.conf  # the server level until the location is "found", as _start_request
         try:
             # -- h-tls: the post-read phase looks at the connection (see request.POST_READ)
             for handler in request_mod.POST_READ:
