@@ -1,21 +1,22 @@
 """Proxied requests that skip the phases: the location a request head leads to, kept on the
 head cache's record of that head (connection.HeadRecord), like a replay (replay.py).
 
-Which location serves a request, and that nothing before its content handler acts on it, is
-a function of the head's bytes when the server has no rewrite script and the location has
-no rewrite script (rewrite, return, set, if), no access-phase handler (allow/deny, limit_req,
-limit_conn, auth), no try_files, and was found by a plain search (no captures, no internal
-redirect). The first request with a head runs the phases; when the proxy handler takes its
-common case for it (a static proxy_pass without a URI part, the client's URI sent as it came,
-no body, no cache), `install` keeps a `ProxyLane` on the head's record. The next request with
-the same head bytes on the same port is started from the connection's read callback: the
-Request gets the fields the phases would have set (server, location, keepalive) and goes
-straight to the exchange (proxy_run.Exchange), where everything from picking the peer on is
-the usual path: retries, timeouts, error pages, the access log, $upstream_* variables.
+Which location serves a request is a function of the head's bytes when the server has no
+rewrite script and the location has no rewrite script (rewrite, return, set, if) and no
+try_files, and was found by a plain search (no captures, no internal redirect). The first
+request with a head runs the phases; when the proxy handler takes its common case for it (a
+static proxy_pass without a URI part, the client's URI sent as it came, no body, no cache),
+`install` keeps a `ProxyLane` on the head's record. The next request with the same head
+bytes on the same port is started from the connection's read callback: the Request gets the
+fields the phases would have set (server, location, keepalive) and goes straight to the
+exchange (proxy_run.Exchange), where everything from picking the peer on is the usual path:
+retries, timeouts, error pages, the access log, $upstream_* variables.
 
-The post-read phase (TLS checks, realip) still runs: it looks at the connection, not the
-head. The upstream request head is built per request (proxy_request.build_head), so headers
-with variables ($remote_addr, $proxy_add_x_forwarded_for) are evaluated for each request.
+The post-read phase (TLS checks, realip) and the location's preaccess and access handlers
+(realip, limit_conn, limit_req, allow/deny) still run for every request: they look at the
+connection, not only the head. The upstream request head is built per request
+(proxy_request.build_head) unless no proxy_set_header has a variable, so $remote_addr or
+$proxy_add_x_forwarded_for are evaluated for each request.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pyngx.http import request as request_mod
 from pyngx.http.proxy_conf import VALUE
 from pyngx.http.proxy_run import Exchange
-from pyngx.http.request import URI_CHANGES
+from pyngx.http.request import DONE, URI_CHANGES
 
 if TYPE_CHECKING:
     from pyngx.http.connection import HeadRecord, HttpConnection
@@ -47,7 +48,6 @@ def lane_allowed(r: Any) -> bool:
         and r.conn.send_fields is None
         and r.srv.script is None
         and loc.script is None
-        and not loc.access_phase
         and loc.try_files is None
         and not r.internal
         and r.uri_changes == URI_CHANGES
@@ -93,6 +93,15 @@ class ProxyLane:
             # Request._find_location's keepalive check, for the count just made.
             if not (loc.keepalive_timeout > 0 and conn.requests < loc.keepalive_requests):
                 r.keepalive = False
+            # The preaccess and access phases look at the client: they run for every request
+            # (Request.access_phase). One that waits (limit_req's delay) resumes through the
+            # phases' own content phase.
+            for handler in loc.access_phase:
+                st = handler(r)
+                if st is not None:
+                    if st != DONE:
+                        r.finalize(st)
+                    return STARTED
             conf = self.conf
             uri = r.request_uri
             ex = Exchange(r, conf, self.target, uri)

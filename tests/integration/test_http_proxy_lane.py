@@ -135,7 +135,8 @@ def test_lane_pipelined_in_order(pyngx: ServerFactory, origin: Origin) -> None:
 
 def test_lane_keeps_the_access_phase(pyngx: ServerFactory, origin: Origin) -> None:
     """allow/deny and `if` look at the client: the same head from another address is
-    refused after the allowed client's requests went through."""
+    refused after the allowed client's requests went through (allow/deny run on the lane,
+    an `if` keeps its location off it)."""
     b = origin()
     _, port = start(
         pyngx,
@@ -165,7 +166,7 @@ def test_lane_keeps_the_access_phase(pyngx: ServerFactory, origin: Origin) -> No
 def test_lane_runs_realip(pyngx: ServerFactory, origin: Origin) -> None:
     """realip at the server level: the address comes from the head, the client's own
     address decides trust, so every request is looked at (realip runs in the post-read
-    phase and, inherited by the location, in its preaccess phase: no lane there)."""
+    phase and, inherited by the location, in its preaccess phase)."""
     b = origin()
     _, port = start(
         pyngx,
@@ -183,6 +184,35 @@ def test_lane_runs_realip(pyngx: ServerFactory, origin: Origin) -> None:
                 assert reader.read().status == 200
     seen = [_header(rec, "X-Client") for rec in b.wait_requests(6)]
     assert seen == ["10.1.2.3"] * 2 + ["127.0.0.24"] * 2 + ["10.1.2.3"] * 2
+
+
+def test_lane_runs_limit_req(pyngx: ServerFactory, origin: Origin) -> None:
+    """limit_req counts every request, per client, on the lane too: refused over the rate,
+    and delayed within the burst (the delayed request goes on through the phases)."""
+    b = origin()
+    _, port = start(
+        pyngx,
+        "limit_req_zone $binary_remote_addr zone=once:1m rate=1r/m;\n"
+        "limit_req_zone $binary_remote_addr zone=slow:1m rate=20r/s;\n"
+        f"upstream ka {{ server {b.address}; keepalive 4; }}\n"
+        "server { LISTEN;\n"
+        f"  location /l {{ limit_req zone=once; proxy_pass http://ka; {KA} }}\n"
+        f"  location /d {{ limit_req zone=slow burst=5; proxy_pass http://ka; {KA} }}\n"
+        "}",
+    )
+    for source, wanted in (("127.0.0.23", [200, 503, 503]), ("127.0.0.24", [200, 503])):
+        with _client(port, source) as s:
+            reader = ClientReader(s)
+            got = []
+            for _ in wanted:
+                s.sendall(REQ)
+                got.append(reader.read().status)
+            assert got == wanted, source
+    delayed = REQ.replace(b"/l?", b"/d?")
+    with _client(port, "127.0.0.25") as s:
+        reader = ClientReader(s)
+        s.sendall(delayed * 4)
+        assert [reader.read().status for _ in range(4)] == [200] * 4
 
 
 def test_lane_per_virtual_server(pyngx: ServerFactory, origin: Origin) -> None:
