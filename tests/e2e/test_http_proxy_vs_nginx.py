@@ -468,6 +468,21 @@ CASES: list[Case] = [
         "/r13",
         routes={"/r13": raw_route("204 No Content", ["Content-Length: 5", "X-A: 1"])},
     ),
+    # No body and no length: the client's connection stays (ngx_http_chunked_header_filter).
+    Case(
+        "status-204-no-length-keepalive",
+        f"location / {{ {P}; }}",
+        "/r25",
+        keepalive=True,
+        routes={"/r25": raw_route("204 No Content", ["X-A: 1"])},
+    ),
+    Case(
+        "status-304-no-length-keepalive",
+        f"location / {{ {P}; }}",
+        "/r26",
+        keepalive=True,
+        routes={"/r26": raw_route("304 Not Modified", ['ETag: "x"'])},
+    ),
     Case(
         "status-304",
         f"location / {{ {P}; }}",
