@@ -25,8 +25,8 @@ import os
 from time import time as _time
 from typing import TYPE_CHECKING, Any
 
-from pyngx.core.connect_step import ConnectStep
 from pyngx.core.log import ERROR, INFO, WARN
+from pyngx.core.stepper import ConnectStep
 from pyngx.http.proxy_batch import write_soon
 from pyngx.http.proxy_connect import Connector
 from pyngx.http.proxy_headers import copy_headers, redirect_keep
@@ -287,7 +287,7 @@ class Exchange(Connector, UpstreamVars):
             # which must not leak into the loop's context (proxy_connect._open).
             self.connect_task = loop.create_task(coro)
             return
-        # No Task for a plain connect (core/connect_step.py): no WeakSet entry and
+        # No Task for a plain connect (core/stepper.py): no WeakSet entry and
         # no loop turn before the first step.
         step = ConnectStep(self, coro)
         self.connect_task = step

@@ -29,7 +29,7 @@ port. The Preface protocol takes the transport until the request-reading part ca
    from the hello, with the alert OpenSSL would send. A hello the reader does not take is
    left to OpenSSL with the default server's context; the SNI callback then switches the
    certificate the way nginx does if it runs while the bytes we read are being fed.
-4. `loop.start_tls`, driven synchronously (stream/tls.py's Stepper) so the transport changes
+4. `loop.start_tls`, driven synchronously (core/stepper.py's Stepper) so the transport changes
    hands before more bytes arrive; the bytes read so far are fed to the SSL protocol. Then the
    TLS transport goes to the connection (`conn.transport`, `conn.is_ssl`); with `h2` chosen by
    ALPN, `pyngx.http.h2.upgrade(conn)` takes over if that module exists.
@@ -98,6 +98,7 @@ from pyngx.conf.registry import (
 )
 from pyngx.conf.variables import VariableTable, has_variables
 from pyngx.core.log import CRIT, ERROR, INFO
+from pyngx.core.stepper import Stepper
 from pyngx.http import request as request_mod
 from pyngx.http.module import HTTP, SRV
 from pyngx.protocols import proxy_protocol as pp
@@ -943,7 +944,7 @@ class Preface(asyncio.Protocol):
         self.server: Any = None
         self.host: str | None = None
         self.hello: Hello | None = None
-        self.stepper: stream_tls.Stepper | None = None
+        self.stepper: Stepper | None = None
         self.h2 = False
         self.gone = False
         # client_header_timeout counts from the accept (conn armed it): one deadline for the
@@ -1125,7 +1126,7 @@ class Preface(asyncio.Protocol):
         coro = loop.start_tls(
             self.transport, self, ctx, server_side=True, ssl_handshake_timeout=timeout
         )
-        self.stepper = stream_tls.Stepper(coro, self._handshake_done)
+        self.stepper = Stepper(coro, self._handshake_done)
         if self.stage == _HANDSHAKE:
             # start_tls put its SSL protocol on the transport and starts it in the next turn
             # of the loop; the bytes read so far go to it right after.

@@ -31,8 +31,8 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
-from pyngx.core.connect_step import ConnectStep
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
+from pyngx.core.stepper import ConnectStep, Stepper
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
 from pyngx.stream import pass_module, set_return, timers, tls
@@ -231,7 +231,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         self.open_sides = 1
         # The client's SSLObject once `listen ... ssl` completed its handshake ($ssl_*).
         self.tls: Any = None
-        self.handshake: tls.Stepper | None = None
+        self.handshake: Stepper | None = None
         self.header_sent = False
         self.vars: dict[str, str] | None = None  # `set` values, created by the first `set`
 
@@ -299,7 +299,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
             server_side=True,
             ssl_handshake_timeout=conf.handshake_timeout,
         )
-        self.handshake = tls.Stepper(coro, self._handshake_done)
+        self.handshake = Stepper(coro, self._handshake_done)
 
     def _handshake_done(
         self, transport: asyncio.Transport | None, exc: BaseException | None

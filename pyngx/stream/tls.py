@@ -16,11 +16,10 @@ What Python's `ssl` cannot do, and is therefore accepted but not honoured:
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import os
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,53 +394,6 @@ def handshake_error(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno:
         return f"SSL_do_handshake() failed ({exc.errno}: {os.strerror(exc.errno)})"
     return "peer closed connection in SSL handshake"
-
-
-class Stepper:
-    """Drive a coroutine from a protocol callback without a Task.
-
-    The server-side `start_tls` must swap the transport's protocol synchronously inside
-    `connection_made`: uvloop starts reading right after connection_made whatever
-    pause_reading() said, and a Task would first run on the next loop iteration, after the
-    ClientHello may already have been delivered to the plain protocol.
-    """
-
-    __slots__ = ("coro", "done", "fut")
-
-    def __init__(
-        self,
-        coro: Coroutine[Any, Any, Any],
-        done: Callable[[Any, BaseException | None], None],
-    ) -> None:
-        self.coro = coro
-        self.done = done
-        self.fut: asyncio.Future[Any] | None = None
-        self._step(None)
-
-    def _step(self, exc: BaseException | None) -> None:
-        try:
-            fut = self.coro.send(None) if exc is None else self.coro.throw(exc)
-        except StopIteration as stop:
-            self.done(stop.value, None)
-            return
-        except BaseException as error:  # noqa: BLE001 - every failure ends the handshake
-            self.done(None, error)
-            return
-        self.fut = fut
-        fut.add_done_callback(self._wake)
-
-    def _wake(self, fut: asyncio.Future[Any]) -> None:
-        if fut is not self.fut:
-            return  # cancelled after the future was done and this call already queued
-        self.fut = None
-        self._step(None)
-
-    def cancel(self) -> None:
-        fut = self.fut
-        if fut is not None:
-            fut.remove_done_callback(self._wake)
-            self.fut = None
-            self._step(asyncio.CancelledError())
 
 
 def peer_subject_dn(obj: ssl.SSLObject) -> str | None:

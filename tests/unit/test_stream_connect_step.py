@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pyngx.stream.session import ConnectStep
+from pyngx.core.stepper import ConnectStep
 
 
 class FakeSession:
