@@ -438,15 +438,20 @@ class HttpConnection(asyncio.Protocol):
         req.keepalive = framing.keepalive
         return req
 
-    def start_known_request(self, record: HeadRecord, rest: bytes) -> Request:
-        """_start_request for a head whose record says where it goes (proxy_lane.py): a
-        request without a body, its phases left to the caller."""
+    def _begin_known(self, record: HeadRecord) -> Request:
+        """The request of a head the head cache knows is now this connection's."""
         if self.stats is not None:
             self.stats.writing(self)
         req = self.new_request(record)
         self.request = req
         self.state = _BUSY
         self.requests += 1
+        return req
+
+    def start_known_request(self, record: HeadRecord, rest: bytes) -> Request:
+        """_start_request for a head whose record says where it goes (proxy_lane.py): a
+        request without a body, its phases left to the caller."""
+        req = self._begin_known(record)
         self.body = None
         self.buf = rest
         self._cancel_timer()
@@ -464,41 +469,38 @@ class HttpConnection(asyncio.Protocol):
     def _start_request(
         self, head: Any, rest: bytes, cached: HeadRecord | None = None, key: bytes | None = None
     ) -> None:
-        if self.stats is not None:
-            self.stats.writing(self)
         srv = self.default
-        req = Request(self, srv)
-        req.method = head.method
-        req.request_uri = head.request_uri
-        req.request_line = head.request_line
-        req.version = head.version
-        # Shared with the head cache: handlers treat header_list and headers as read-only.
-        req.header_list = head.headers
         if cached is not None:
-            headers = cached.headers
-            req.record = cached
+            req = self._begin_known(cached)
+            framing = cached.framing
         else:
-            headers = {}
+            if self.stats is not None:
+                self.stats.writing(self)
+            req = Request(self, srv)
+            req.method = head.method
+            req.request_uri = head.request_uri
+            req.request_line = head.request_line
+            req.version = head.version
+            # Shared with the head cache: handlers treat header_list and headers as read-only.
+            req.header_list = head.headers
+            headers: dict[str, str] = {}
             for name, value in head.headers:
                 lname = name.lower()
                 if lname not in headers:
                     headers[lname] = value
                 elif lname == "cookie":
                     headers[lname] += "; " + value
-        req.headers = headers
-        req.request_length = head.size
-        self.request = req
-        self.state = _BUSY
-        self.requests += 1
-        req.uri = head.uri
-        req.args = head.args
-        req.host = ""
-        if head.ignored:
-            for text in head.ignored:
-                req.log(INFO, text)
-        if cached is not None:
-            framing = cached.framing
-        else:
+            req.headers = headers
+            req.request_length = head.size
+            self.request = req
+            self.state = _BUSY
+            self.requests += 1
+            req.uri = head.uri
+            req.args = head.args
+            req.host = ""
+            if head.ignored:  # (such a head is never cached: key is None)
+                for text in head.ignored:
+                    req.log(INFO, text)
             try:
                 framing = request_framing(head, head.target_host)
             except HttpParseError as exc:
@@ -512,9 +514,9 @@ class HttpConnection(asyncio.Protocol):
                 if len(cache) >= HEAD_CACHE_ENTRIES:
                     cache.clear()
                 req.record = cache[key] = HeadRecord(head, framing, headers)
-        req.framing = framing
-        req.host = framing.host
-        req.keepalive = framing.keepalive
+            req.framing = framing
+            req.host = framing.host
+            req.keepalive = framing.keepalive
         # The virtual server by Host (nginx: from the request line's host first).
         if framing.host and len(self.port.servers) > 1:
             server, match = self.port.names.find(framing.host)

@@ -19,6 +19,7 @@ from tests.conftest import ServerFactory
 from tests.harness import ServerProcess, free_port
 from tests.http_backend import HttpBackend, origin, pattern
 from tests.http_client import HttpClient, Response, build_request
+from tests.integration.test_http_proxy_upstream import log_lines as read_log_lines
 
 __all__ = ["origin"]
 Origin = Callable[..., HttpBackend]
@@ -53,14 +54,8 @@ def start(factory: ServerFactory, text: str) -> ServerProcess:
     return server
 
 
-def log_lines(server: ServerProcess, n: int, timeout: float = 5.0) -> list[str]:
-    path = Path(server.prefix) / "logs" / "access.log"
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.02)
+def log_lines(server: ServerProcess, n: int) -> list[str]:
+    return read_log_lines(server, "access.log", n)
 
 
 def hits(b: HttpBackend, path: str) -> int:

@@ -9,12 +9,11 @@ keepalive_requests, and check that answers depending on the client are not repla
 from __future__ import annotations
 
 import re
-import time
-from pathlib import Path
 
 from tests.conftest import ServerFactory
 from tests.harness import ServerProcess, free_port
 from tests.http_client import HttpClient, Response, build_request
+from tests.integration.test_http_proxy_upstream import log_lines as read_log_lines
 
 FMT = (
     'log_format r "$request $status $body_bytes_sent $bytes_sent $sent_http_content_type '
@@ -34,14 +33,8 @@ def conf(port: int, srv: str = "") -> str:
     )
 
 
-def log_lines(server: ServerProcess, n: int, timeout: float = 5.0) -> list[str]:
-    path = Path(server.prefix) / "logs" / "access.log"
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.02)
+def log_lines(server: ServerProcess, n: int) -> list[str]:
+    return read_log_lines(server, "access.log", n)
 
 
 def shape(r: Response) -> tuple[int, list[tuple[str, str]], bytes]:
