@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyngx.core.cycle import Cycle
+from pyngx.core.epoll_io import Listener, Reactor
 from pyngx.core.listening import ListenGroup
 from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
 from pyngx.http.connection import HttpConnection
@@ -24,7 +25,7 @@ from pyngx.http.module import HttpPort
 from pyngx.stream import udp
 from pyngx.stream.health import HealthCheckers, start_health_checks
 from pyngx.stream.resolver import UpstreamResolvers, start_resolvers
-from pyngx.stream.session import STATUS_OK, ClientSide
+from pyngx.stream.session import STATUS_OK, ClientSide, _strerror
 
 # Exit status of a worker that could not start (nginx's: the master does not respawn it).
 WORKER_FATAL_EXIT = 2
@@ -87,6 +88,18 @@ class DispatchingClientSide(ClientSide):
         super().connection_made(transport)
 
 
+def _plain_stream(group: ListenGroup) -> bool:
+    """A TCP or unix stream listener whose servers need nothing of a uvloop transport: no
+    `listen ... ssl` (start_tls) and no `pass` (which may hand the connection to one)."""
+    if group.opts.udp or group.default is None:
+        return False
+    for target in (group.default, *group.by_addr.values()):
+        server, listen = target  # type: ignore[misc]
+        if isinstance(server, HttpPort) or listen.ssl or server.pass_to is not None:
+            return False
+    return True
+
+
 class Worker:
     def __init__(
         self,
@@ -122,6 +135,8 @@ class Worker:
         self.health: HealthCheckers | None = None
         self.resolvers: UpstreamResolvers | None = None
         self.cache_processes: Any = None  # proxy_cache loader/manager (worker 0)
+        # Plain stream sockets (listeners and upstream connects) on an epoll of our own.
+        self.reactor: Reactor | None = None
 
     # -- used by sessions --------------------------------------------------------------
 
@@ -183,6 +198,11 @@ class Worker:
                 self.servers.append(await udp.serve(self, group, sock))
                 continue
             factory = self._factory(group)
+            if _plain_stream(group):
+                if self.reactor is None:
+                    self.reactor = Reactor(loop)
+                self.servers.append(Listener(self.reactor, sock, factory, self._accept_failed))
+                continue
             ssl_ctx = self._http_ssl(group)
             server = await loop.create_server(
                 factory, sock=sock, backlog=group.opts.backlog, ssl=ssl_ctx
@@ -190,6 +210,8 @@ class Worker:
             self.servers.append(server)
         self._start_flush_timers()
         await self._stopped
+        if self.reactor is not None:
+            self.reactor.close()
         if self.health is not None:
             self.health.cancel()
             await self.health.wait_closed()
@@ -211,6 +233,10 @@ class Worker:
             return lambda: DispatchingClientSide(self, group)
         server, listen = group.default  # type: ignore[misc]
         return lambda: ClientSide(self, server, listen)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        # nginx: ALERT, but ERR for ECONNABORTED (which Listener skips quietly).
+        self.cycle.error_log.log(ALERT, f"accept4() failed {_strerror(exc.errno or 0)}")
 
     def _http_ssl(self, group: ListenGroup) -> Any:
         assert group.default is not None

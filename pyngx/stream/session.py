@@ -31,6 +31,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
+from pyngx.core.epoll_io import Connect
 from pyngx.core.log import ALERT, ERROR, INFO, WARN
 from pyngx.core.stepper import ConnectStep, Stepper
 from pyngx.protocols import proxy_protocol as pp
@@ -216,8 +217,9 @@ class ClientSide(SessionLog, asyncio.Protocol):
         self.passes = 0
         self.client_hello: tls_client_hello.ClientHello | None = None
         self.next_started = 0.0
-        # The try in progress: a ConnectStep, or a Task with `proxy_ssl`.
-        self.connect_task: ConnectStep | asyncio.Task[Any] | None = None
+        # The try in progress: a Connect (epoll_io), a ConnectStep when the worker has no
+        # reactor, or a Task with `proxy_ssl`.
+        self.connect_task: Connect | ConnectStep | asyncio.Task[Any] | None = None
         self.connect_started = 0.0
         self.try_times: list[float] | None = None
         self.connected_at: float | None = None
@@ -557,11 +559,41 @@ class ClientSide(SessionLog, asyncio.Protocol):
             self.connect_task = task
             task.add_done_callback(self._connect_task_done)
             return
+        reactor = self.worker.reactor
+        if reactor is not None:
+            # A plain connect on the worker's own epoll (core/epoll_io.py).
+            addr = peer.conf.addr
+            srv = self.server
+            unix = addr.family == socket.AF_UNIX
+            try:
+                connect = Connect(
+                    reactor,
+                    self,
+                    addr.family,
+                    addr.address,
+                    self._upstream_side,
+                    self._connect_errno,
+                    None if unix or srv.bind is None else srv.bind.address,
+                    srv.tcp_nodelay,
+                    srv.socket_keepalive,
+                )
+            except OSError as exc:
+                self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
+                return
+            self.connect_task = connect
+            connect.start()
+            return
         # No Task for a plain connect: the coroutine is stepped from here and from the
         # connect's own future (one object, one call_soon less per session).
         step = ConnectStep(self, self._connect(peer.conf.addr))
         self.connect_task = step
         step.step(None)
+
+    def _upstream_side(self) -> UpstreamSide:
+        return UpstreamSide(self)
+
+    def _connect_errno(self, err: int) -> None:
+        self._connect_failed(f"connect() failed {_strerror(err)}")
 
     def _connect_task_done(self, task: asyncio.Task[Any]) -> None:
         if self.connect_task is task:
