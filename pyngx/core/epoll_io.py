@@ -83,9 +83,16 @@ class Reactor:
             try:
                 obj._event(mask)
             except Exception as exc:  # noqa: BLE001 - one connection's bug must not lose the batch
-                self.loop.call_exception_handler(
-                    {"message": "epoll event handler failed", "exception": exc}
-                )
+                self.failed(obj, exc)
+
+    def failed(self, obj: Any, exc: BaseException) -> None:
+        """A protocol callback raised: reported, and its transport closed with the error (as
+        uvloop does), so that the connection does not hang on an event already used up."""
+        self.loop.call_exception_handler(
+            {"message": "epoll event handler failed", "exception": exc}
+        )
+        if isinstance(obj, SocketTransport):
+            obj._fatal(exc)
 
     def add(self, fd: int, obj: Any, mask: int = _CONN_MASK) -> None:
         self.table[fd] = obj
@@ -105,9 +112,7 @@ class Reactor:
             try:
                 fn(arg)
             except Exception as exc:  # noqa: BLE001
-                self.loop.call_exception_handler(
-                    {"message": "epoll deferred call failed", "exception": exc}
-                )
+                self.failed(getattr(fn, "__self__", None), exc)
 
     def close(self) -> None:
         if self.closed:
@@ -437,7 +442,10 @@ class Listener:
             protocol = factory()
             transport = SocketTransport(reactor, sock, protocol, addr)
             reactor.add(fd, transport)
-            protocol.connection_made(transport)
+            try:
+                protocol.connection_made(transport)
+            except Exception as exc:  # noqa: BLE001 - this connection only; accepting goes on
+                reactor.failed(transport, exc)
 
     def _rest(self) -> None:
         """Out of descriptors: stop accepting for a while (nginx disables accept events)."""
@@ -539,7 +547,11 @@ class Connect:
             self.reactor.table[fd] = transport  # the same epoll registration goes on
         else:
             self.reactor.add(fd, transport)
-        protocol.connection_made(transport)
+        try:
+            protocol.connection_made(transport)
+        except Exception as exc:  # noqa: BLE001
+            self.reactor.failed(transport, exc)
+            return
         if mask & _READ_EVENTS:
             # Edge-triggered: what came with the connect's event is not announced again.
             transport._event(mask & ~_EPOLLOUT)

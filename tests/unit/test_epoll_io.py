@@ -273,3 +273,44 @@ def test_listener_close_stops_accepting() -> None:
         reactor.close()
 
     run(main())
+
+
+def test_a_protocol_error_closes_that_connection_with_the_error() -> None:
+    """As uvloop does: the error goes to the loop's exception handler and to connection_lost,
+    and the listener goes on accepting."""
+
+    class Broken(Recorder):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("bug")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[Any] = []
+        loop.set_exception_handler(lambda loop, context: reported.append(context["exception"]))
+        reactor = Reactor(loop)
+        lsock = listening()
+        protos: list[Recorder] = []
+
+        def factory() -> Recorder:
+            protos.append(Broken() if not protos else Recorder())
+            return protos[-1]
+
+        listener = Listener(reactor, lsock, factory, lambda exc: None)
+        first = socket.create_connection(lsock.getsockname())
+        first.sendall(b"x")
+        while not protos:
+            await asyncio.sleep(0.01)
+        exc = await protos[0].lost
+        assert isinstance(exc, ValueError)
+        assert reported == [exc]
+        second = socket.create_connection(lsock.getsockname())
+        second.sendall(b"fine")
+        while len(protos) < 2 or not protos[1].data:
+            await asyncio.sleep(0.01)
+        assert bytes(protos[1].data) == b"fine"
+        first.close()
+        second.close()
+        listener.close()
+        reactor.close()
+
+    run(main())
