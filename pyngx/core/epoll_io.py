@@ -474,7 +474,8 @@ class Listener:
 
 
 class Connect:
-    """One non-blocking connect. start() begins it; then, once: `owner.connect_task` is
+    """One non-blocking connect. The constructor makes the socket (OSError: socket() failed);
+    the owner may bind `sock`, then start() connects; then, once: `owner.connect_task` is
     cleared, and either factory()'s protocol gets connection_made or failed(errno) is
     called. cancel() drops it silently (the owner's connect timer)."""
 
@@ -488,7 +489,6 @@ class Connect:
         address: Any,
         factory: Callable[[], Any],
         failed: Callable[[int], None],
-        local: Any = None,
         nodelay: bool = True,
         keepalive: bool = False,
     ) -> None:
@@ -505,8 +505,6 @@ class Connect:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if keepalive:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if local is not None:
-                sock.bind(local)
         except OSError:
             sock.close()
             raise

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.epoll_io import Connect
-from pyngx.core.log import ALERT, ERROR, INFO, WARN
+from pyngx.core.log import ALERT, CRIT, ERROR, INFO, WARN
 from pyngx.core.stepper import ConnectStep, Stepper
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
@@ -56,6 +56,9 @@ READING_PROXY_HEADER, CONNECTING, RELAYING, DONE, HANDSHAKING, PREREADING = rang
 MAX_PASSES = 8
 
 STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 500, 502
+
+
+_CONNECTING = "while connecting to upstream"
 
 
 def _strerror(code: int) -> str:
@@ -564,7 +567,6 @@ class ClientSide(SessionLog, asyncio.Protocol):
             # A plain connect on the worker's own epoll (core/epoll_io.py).
             addr = peer.conf.addr
             srv = self.server
-            unix = addr.family == socket.AF_UNIX
             try:
                 connect = Connect(
                     reactor,
@@ -573,13 +575,24 @@ class ClientSide(SessionLog, asyncio.Protocol):
                     addr.address,
                     self._upstream_side,
                     self._connect_errno,
-                    None if unix or srv.bind is None else srv.bind.address,
                     srv.tcp_nodelay,
                     srv.socket_keepalive,
                 )
             except OSError as exc:
-                self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
+                # ngx_event_connect_peer: no retry for these, the session ends with 500.
+                self.log(ALERT, f"socket() failed {_strerror(exc.errno or 0)} {_CONNECTING}")
+                self.finalize(STATUS_INTERNAL)
                 return
+            local = srv.bind
+            if local is not None and addr.family != socket.AF_UNIX:
+                try:
+                    connect.sock.bind(local.address)
+                except OSError as exc:
+                    connect.cancel()
+                    text = f"bind({local.host}) failed {_strerror(exc.errno or 0)} {_CONNECTING}"
+                    self.log(CRIT, text)
+                    self.finalize(STATUS_INTERNAL)
+                    return
             self.connect_task = connect
             connect.start()
             return
