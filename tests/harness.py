@@ -57,6 +57,21 @@ def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STR
         return port
 
 
+# Sockets that keep dead_port()'s ports bound for the whole test run.
+_DEAD: list[socket.socket] = []
+
+
+def dead_port(host: str = "127.0.0.1") -> int:
+    """A port that refuses connections for the rest of the run: bound but not listening, so
+    a later free_port() (a server's listen) cannot be given the same number, as it could a
+    port that was only free a moment ago."""
+    s = socket.socket(_family(host), socket.SOCK_STREAM)
+    s.bind((host, 0))
+    _DEAD.append(s)
+    port: int = s.getsockname()[1]
+    return port
+
+
 # --------------------------------------------------------------------------------------------
 # server processes
 

@@ -192,6 +192,11 @@ class Worker:
         from pyngx.http.cache.manager import start_cache_processes
 
         self.cache_processes = start_cache_processes(self)
+        if self.cycle.stream_servers:
+            # Plain stream listeners and upstream connects (core/epoll_io.py). Tried for
+            # http's upstream connections too: S4 got slower (more reopened keepalive
+            # connections, each request's upstream bytes through Python), so http keeps uvloop.
+            self.reactor = Reactor(loop)
         for group, sock in self.groups:
             if group.opts.udp:
                 # Its close() (graceful or fast) ends its sessions: no socket, no session.
@@ -199,8 +204,7 @@ class Worker:
                 continue
             factory = self._factory(group)
             if _plain_stream(group):
-                if self.reactor is None:
-                    self.reactor = Reactor(loop)
+                assert self.reactor is not None
                 self.servers.append(Listener(self.reactor, sock, factory, self._accept_failed))
                 continue
             ssl_ctx = self._http_ssl(group)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import ServerProcess, free_port
+from tests.harness import ServerProcess, dead_port, free_port
 from tests.http_backend import ClientReader, HttpBackend, http_get, origin
 
 __all__ = ["origin"]
@@ -385,7 +385,7 @@ def test_x_accel_redirect(pyngx: ServerFactory, origin: Origin) -> None:
 
 def test_upstream_variables_in_access_log(pyngx: ServerFactory, origin: Origin) -> None:
     b = origin()
-    dead = free_port()
+    dead = dead_port()
     server, port = start(
         pyngx,
         "log_format up '$status $upstream_addr|$upstream_status|$upstream_response_length|"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.harness import ServerProcess, free_port
+from tests.harness import ServerProcess, dead_port, free_port
 from tests.http_backend import ClientReader, HttpBackend, http_get, origin, pattern
 
 __all__ = ["origin"]
@@ -198,7 +198,7 @@ def test_keepalive_hot_path_pipelined_client(pyngx: ServerFactory, origin: Origi
 
 
 def test_refused_is_502_with_nginx_error_line(pyngx: ServerFactory) -> None:
-    dead = free_port()
+    dead = dead_port()
     server, port = start(
         pyngx, f"server {{ LISTEN; location / {{ proxy_pass http://127.0.0.1:{dead}/x/; }} }}"
     )
@@ -215,7 +215,7 @@ def test_refused_is_502_with_nginx_error_line(pyngx: ServerFactory) -> None:
 
 def test_next_upstream_across_dead_peers(pyngx: ServerFactory, origin: Origin) -> None:
     b = origin()
-    d1, d2 = free_port(), free_port()
+    d1, d2 = dead_port(), dead_port()
     server, port = start(
         pyngx,
         "log_format up '$upstream_addr|$upstream_status';\n"
@@ -271,7 +271,7 @@ def test_next_upstream_on_status_and_non_idempotent(pyngx: ServerFactory, origin
 
 
 def test_no_live_upstreams(pyngx: ServerFactory) -> None:
-    dead = free_port()
+    dead = dead_port()
     server, port = start(
         pyngx,
         f"upstream g {{ server 127.0.0.1:{dead}; server 127.0.0.1:{dead + 0} backup; }}\n"
@@ -407,7 +407,7 @@ def test_least_conn_prefers_idle_peer(pyngx: ServerFactory, origin: Origin) -> N
 
 def test_down_and_max_fails(pyngx: ServerFactory, origin: Origin) -> None:
     a, b = origin(), origin()
-    dead = free_port()
+    dead = dead_port()
     server, port = start(
         pyngx,
         "log_format up '$upstream_addr';\naccess_log logs/up.log up;\n"
