@@ -30,6 +30,18 @@ def echoes(sock: socket.socket, payload: bytes, timeout: float = 2.0) -> bool:
         return False
 
 
+def served_again(port: int, prelude: bytes = b"") -> None:
+    """Wait (bounded) until a new connection is proxied again: the worker is accepting."""
+    deadline = time.monotonic() + 5
+    while True:
+        with client("127.0.0.1", port) as c:
+            c.sendall(prelude)
+            if echoes(c, b"back\n", timeout=1.0):
+                return
+        assert time.monotonic() < deadline, "accepting did not resume"
+        time.sleep(0.1)
+
+
 def test_out_of_descriptors_costs_only_new_connections(
     pyngx: ServerFactory, backend: BackendFactory
 ) -> None:
@@ -65,13 +77,7 @@ def test_out_of_descriptors_costs_only_new_connections(
         if refused is not None:
             refused.close()
     # Descriptors free again: new sessions are served (the listener rests 0.5 s at most).
-    deadline = time.monotonic() + 5
-    while True:
-        with client("127.0.0.1", port) as c:
-            if echoes(c, b"back\n", timeout=1.0):
-                break
-        assert time.monotonic() < deadline, "accepting did not resume"
-        time.sleep(0.1)
+    served_again(port)
     text = srv.error_log_text()
     assert not re.search(r"worker process .* exited|request failed|epoll event handler", text)
 
@@ -123,12 +129,4 @@ def test_accept_out_of_descriptors_rests_and_resumes(
     finally:
         for c in waiting:
             c.close()
-    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 25\r\n"
-    deadline = time.monotonic() + 5
-    while True:
-        with client("127.0.0.1", port) as c:
-            c.sendall(header)
-            if echoes(c, b"hello\n", timeout=1.0):
-                break
-        assert time.monotonic() < deadline, "accepting did not resume"
-        time.sleep(0.1)
+    served_again(port, b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 25\r\n")
