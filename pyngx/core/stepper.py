@@ -11,7 +11,8 @@ cleans up after itself.
   the transport's protocol synchronously inside `connection_made`, because uvloop starts
   reading right after it whatever pause_reading() said, and a Task would first run on the
   next loop iteration, after the ClientHello may already have gone to the plain protocol.
-- `ConnectStep`: an upstream connect try (stream sessions, proxied HTTP requests). It is kept
+- `ConnectStep`: an upstream connect try of a proxied HTTP request (stream sessions connect
+  through core/epoll_io.py's Connect, with no coroutine at all). It is kept
   in its owner's `connect_task` and takes itself out when it ends; a failure the coroutine did
   not handle goes to the loop's exception handler, as a Task's would.
 """

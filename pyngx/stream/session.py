@@ -1,9 +1,10 @@
 """A proxied stream session: the client connection, the upstream connection, and the relay.
 
 Design notes
-- Both sides are asyncio Protocols (callbacks, no Task per connection: the upstream connect's
-  coroutine is stepped by ConnectStep; only `proxy_ssl` keeps a Task, for its context
-  variable). Relaying is one `write` of the received buffer to the other side: no per-byte
+- Both sides are asyncio Protocols (callbacks, no Task per connection); plain sockets are on
+  the worker's own epoll (core/epoll_io.py), the upstream connect an epoll_io.Connect; only
+  `proxy_ssl` keeps a Task, for its context variable (and uvloop's create_connection and
+  start_tls). Relaying is one `write` of the received buffer to the other side: no per-byte
   work, no copies of our own.
 - Flow control as uvicorn's FlowControl: when one side's write buffer passes its high-water
   mark, the other side stops reading until it drains. Pausing for rate limits is tracked
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.epoll_io import Connect
 from pyngx.core.log import ALERT, CRIT, ERROR, INFO, WARN
-from pyngx.core.stepper import ConnectStep, Stepper
+from pyngx.core.stepper import Stepper
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
 from pyngx.stream import pass_module, set_return, timers, tls
@@ -220,9 +221,8 @@ class ClientSide(SessionLog, asyncio.Protocol):
         self.passes = 0
         self.client_hello: tls_client_hello.ClientHello | None = None
         self.next_started = 0.0
-        # The try in progress: a Connect (epoll_io), a ConnectStep when the worker has no
-        # reactor, or a Task with `proxy_ssl`.
-        self.connect_task: Connect | ConnectStep | asyncio.Task[Any] | None = None
+        # The try in progress: a Connect (epoll_io), or a Task with `proxy_ssl`.
+        self.connect_task: Connect | asyncio.Task[Any] | None = None
         self.connect_started = 0.0
         self.try_times: list[float] | None = None
         self.connected_at: float | None = None
@@ -562,45 +562,40 @@ class ClientSide(SessionLog, asyncio.Protocol):
             self.connect_task = task
             task.add_done_callback(self._connect_task_done)
             return
+        # A plain connect on the worker's own epoll (core/epoll_io.py): no coroutine, Future
+        # or Task.
         reactor = self.worker.reactor
-        if reactor is not None:
-            # A plain connect on the worker's own epoll (core/epoll_io.py).
-            addr = peer.conf.addr
-            srv = self.server
+        assert reactor is not None  # the worker makes one when it has stream servers
+        addr = peer.conf.addr
+        srv = self.server
+        try:
+            connect = Connect(
+                reactor,
+                self,
+                addr.family,
+                addr.address,
+                self._upstream_side,
+                self._connect_errno,
+                srv.tcp_nodelay,
+                srv.socket_keepalive,
+            )
+        except OSError as exc:
+            # ngx_event_connect_peer: no retry for these, the session ends with 500.
+            self.log(ALERT, f"socket() failed {_strerror(exc.errno or 0)} {_CONNECTING}")
+            self.finalize(STATUS_INTERNAL)
+            return
+        local = srv.bind
+        if local is not None and addr.family != socket.AF_UNIX:
             try:
-                connect = Connect(
-                    reactor,
-                    self,
-                    addr.family,
-                    addr.address,
-                    self._upstream_side,
-                    self._connect_errno,
-                    srv.tcp_nodelay,
-                    srv.socket_keepalive,
-                )
+                connect.sock.bind(local.address)
             except OSError as exc:
-                # ngx_event_connect_peer: no retry for these, the session ends with 500.
-                self.log(ALERT, f"socket() failed {_strerror(exc.errno or 0)} {_CONNECTING}")
+                connect.cancel()
+                text = f"bind({local.host}) failed {_strerror(exc.errno or 0)} {_CONNECTING}"
+                self.log(CRIT, text)
                 self.finalize(STATUS_INTERNAL)
                 return
-            local = srv.bind
-            if local is not None and addr.family != socket.AF_UNIX:
-                try:
-                    connect.sock.bind(local.address)
-                except OSError as exc:
-                    connect.cancel()
-                    text = f"bind({local.host}) failed {_strerror(exc.errno or 0)} {_CONNECTING}"
-                    self.log(CRIT, text)
-                    self.finalize(STATUS_INTERNAL)
-                    return
-            self.connect_task = connect
-            connect.start()
-            return
-        # No Task for a plain connect: the coroutine is stepped from here and from the
-        # connect's own future (one object, one call_soon less per session).
-        step = ConnectStep(self, self._connect(peer.conf.addr))
-        self.connect_task = step
-        step.step(None)
+        self.connect_task = connect
+        connect.start()
 
     def _upstream_side(self) -> UpstreamSide:
         return UpstreamSide(self)
@@ -611,30 +606,6 @@ class ClientSide(SessionLog, asyncio.Protocol):
     def _connect_task_done(self, task: asyncio.Task[Any]) -> None:
         if self.connect_task is task:
             self.connect_task = None
-
-    async def _connect(self, addr: Any) -> None:
-        srv = self.server
-        try:
-            if addr.family == socket.AF_UNIX:
-                await self.loop.create_unix_connection(lambda: UpstreamSide(self), addr.address)
-            else:
-                local = srv.bind.address if srv.bind is not None else None
-                tr, _ = await self.loop.create_connection(
-                    lambda: UpstreamSide(self),
-                    addr.address[0],
-                    addr.address[1],
-                    local_addr=local,
-                )
-                if srv.socket_keepalive or not srv.tcp_nodelay:
-                    sock = tr.get_extra_info("socket")
-                    if srv.socket_keepalive:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                    if not srv.tcp_nodelay:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-        except asyncio.CancelledError:
-            return
-        except OSError as exc:
-            self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
 
     async def _connect_tls(self, addr: Any, conf: tls.ProxySsl) -> None:
         """`proxy_ssl on`: connect in plaintext, send the PROXY header (nginx sends it before
