@@ -451,10 +451,16 @@ class HttpConnection(asyncio.Protocol):
     def start_known_request(self, record: HeadRecord, rest: bytes) -> Request:
         """_start_request for a head whose record says where it goes (proxy_lane.py): a
         request without a body, its phases left to the caller."""
-        req = self._begin_known(record)
+        # _begin_known and _cancel_timer, inline: this runs for every proxied request.
+        if self.stats is not None:
+            self.stats.writing(self)
+        req = self.new_request(record)
+        self.request = req
+        self.state = _BUSY
+        self.requests += 1
         self.body = None
         self.buf = rest
-        self._cancel_timer()
+        self.timer_kind = ""
         return req
 
     def log_request(self, req: Request) -> None:
@@ -633,7 +639,8 @@ class HttpConnection(asyncio.Protocol):
     def close_request(self, req: Request, *, abort: bool = False) -> None:
         """The request is over: log it, then the next request, discard its body, or close."""
         req.done = True
-        self.log_request(req)
+        if req.loc.access_logs:
+            self.log_request(req)
         # -- h-tls: realip replaced the client address for this request only (http/realip.py)
         extra = req.extra
         if extra is not None and "realip" in extra:

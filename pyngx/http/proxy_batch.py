@@ -19,27 +19,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-_PENDING: list[tuple[Any, bytes]] = []
+PENDING: list[tuple[Any, bytes]] = []
 # The loop a flush is scheduled in (None: none is): a loop stopped for good with a flush
 # pending does not keep another from scheduling its own.
-_armed: list[asyncio.AbstractEventLoop | None] = [None]
+ARMED: list[asyncio.AbstractEventLoop | None] = [None]
 
 
 def write_soon(loop: asyncio.AbstractEventLoop, transport: Any, data: bytes) -> None:
-    """`transport.write(data)` once the loop's current batch of callbacks is done."""
-    if _armed[0] is not loop:
-        _armed[0] = loop
+    """`transport.write(data)` once the loop's current batch of callbacks is done.
+    (proxy_run.Exchange.attach does the same inline, on every proxied request.)"""
+    if ARMED[0] is not loop:
+        ARMED[0] = loop
         loop.call_soon(flush)
-    _PENDING.append((transport, data))
+    PENDING.append((transport, data))
 
 
 def flush() -> None:
-    _armed[0] = None
-    pending = _PENDING[:]
-    _PENDING.clear()
+    ARMED[0] = None
+    pending = PENDING[:]
+    PENDING.clear()
     for transport, data in pending:
         if not transport.is_closing():
             transport.write(data)
 
 
-__all__ = ["flush", "write_soon"]
+__all__ = ["ARMED", "PENDING", "flush", "write_soon"]

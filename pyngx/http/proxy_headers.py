@@ -138,6 +138,14 @@ def copy_headers(ex: Any, head: Head) -> None:
             and head.accel_buffering is None
             else 0
         )
+        shared = None
+        if whole:
+            # The Head every response answered by _whole_response with this copy gets: one
+            # object for them all (the same bytes parse the same, and nothing changes a Head
+            # once its headers are copied).
+            shared = Head(status, head.status_line, head.lines, head.size, head.close)
+            shared.content_length = length
+            shared.copies = copies
         copies[id(actions)] = (
             actions,
             (
@@ -150,6 +158,7 @@ def copy_headers(ex: Any, head: Head) -> None:
                 head.accel_buffering,
             ),
             whole,
+            shared,
         )
     _finish_copy(ex, head)
 

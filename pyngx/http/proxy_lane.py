@@ -62,7 +62,7 @@ def lane_allowed(r: Any) -> bool:
 class ProxyLane:
     """HeadRecord.replay for a proxied location: (conn, record, rest) -> STARTED or False."""
 
-    __slots__ = ("port", "srv", "loc", "conf", "target", "build_head", "head_bytes")
+    __slots__ = ("port", "srv", "loc", "conf", "target", "build_head", "head_bytes", "post_read")
 
     def __init__(self, r: Any, conf: Any, target: Any, build_head: Any, head: bytes) -> None:
         self.port = r.conn.port
@@ -74,6 +74,13 @@ class ProxyLane:
         # The upstream request head, when no proxy_set_header has a variable: a function of
         # the client's head alone (what build_head's own cache keeps for it).
         self.head_bytes = head if all(item[0] != VALUE for item in conf.plan) else None
+        # The post-read handlers that can act on this port and server (a handler's
+        # `applies(port, srv)` says; one without it always runs).
+        self.post_read = tuple(
+            h
+            for h in request_mod.POST_READ
+            if getattr(h, "applies", None) is None or h.applies(self.port, self.srv)
+        )
 
     def __call__(self, conn: HttpConnection, record: HeadRecord, rest: bytes) -> int:
         if conn.port is not self.port:
@@ -83,7 +90,7 @@ class ProxyLane:
         r.loc = srv.conf  # the server level until the location is "found", as _start_request
         try:
             # -- h-tls: the post-read phase looks at the connection (see request.POST_READ)
-            for handler in request_mod.POST_READ:
+            for handler in self.post_read:
                 st = handler(r)
                 if st is not None:
                     r.finalize(st)

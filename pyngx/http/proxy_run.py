@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pyngx.core.log import ERROR, INFO, WARN
 from pyngx.core.stepper import ConnectStep
-from pyngx.http.proxy_batch import write_soon
+from pyngx.http.proxy_batch import ARMED, PENDING
+from pyngx.http.proxy_batch import flush as flush_batch
 from pyngx.http.proxy_connect import Connector
 from pyngx.http.proxy_headers import copy_headers, redirect_keep
 from pyngx.http.proxy_response import (
@@ -350,8 +351,12 @@ class Exchange(Connector, UpstreamVars):
             conn.sent = len(head)
             self.request_sent = True
             if not conn.paused:
-                # Nothing else goes to this connection before the response (proxy_batch.py).
-                write_soon(self.loop, conn.transport, head)
+                # Nothing else goes to this connection before the response: proxy_batch's
+                # write_soon, inline.
+                if ARMED[0] is not self.loop:
+                    ARMED[0] = self.loop
+                    self.loop.call_soon(flush_batch)
+                PENDING.append((conn.transport, head))
                 conn.kind = "read"
                 conn.deadline = now + self.conf.read_timeout
                 if conn.timer is None:
@@ -682,9 +687,7 @@ class Exchange(Connector, UpstreamVars):
         start = st.start
         st.header = now - start
         st.status = status
-        head = self.head_in = Head(status, hit[1], hit[2], size, close)
-        head.content_length = length
-        head.copies = hit[4]
+        self.head_in = copy[3]
         # copy_headers' result, from its cache (_apply_copy, _finish_copy).
         r.status = status
         out = r.out
@@ -765,7 +768,9 @@ class Exchange(Connector, UpstreamVars):
             r.bytes_sent = len(wire)
             # HttpConnection.write holds a small write to the end of the loop's round too.
             r.conn.write(wire)
-            r.finish()
+            # Request.finish for a response that is not chunked and not done.
+            r.done = True
+            r.conn.close_request(r)
         else:
             r.send_response(status, data[size:])
         # _done_client(finished=True)

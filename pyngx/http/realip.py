@@ -293,6 +293,10 @@ def post_read(r: Any) -> int | None:
     return None
 
 
+# A server with no realip settings has nothing to apply (proxy_lane.py leaves the call out).
+post_read.applies = lambda port, srv: srv.conf.realip is not None  # type: ignore[attr-defined]
+
+
 def _preaccess(conf: RealipConf) -> Any:
     def handler(r: Any) -> int | None:
         apply(r, conf)

@@ -1295,6 +1295,10 @@ def post_read(r: Any) -> int | None:
     return None
 
 
+# A port without `ssl` has nothing to check (proxy_lane.py leaves the call out).
+post_read.applies = lambda port, srv: bool(port.listens[0].ssl)  # type: ignore[attr-defined]
+
+
 # -- variables -----------------------------------------------------------------------------
 
 

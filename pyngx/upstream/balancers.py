@@ -237,9 +237,6 @@ class RoundRobin:
     def _prime(self, ctx: PickContext) -> None:
         ctx.primed = True
 
-    def get(self, ctx: PickContext) -> Peer | None:
-        return self._get_rr(ctx)
-
     def _get_rr(self, ctx: PickContext) -> Peer | None:
         """ngx_*_upstream_get_round_robin_peer."""
         if self.single:
@@ -255,6 +252,10 @@ class RoundRobin:
         if peer is None:
             return self._next_group(ctx, self._get_rr)
         return self._take(peer, ctx)
+
+    # Round robin's get is _get_rr itself (one call less per request); the other methods
+    # define their own get and fall back to _get_rr.
+    get = _get_rr
 
     def _next_group(self, ctx: PickContext, again: _Getter) -> Peer | None:
         # The "failed:" label: with primaries exhausted, the rest of this request uses the
