@@ -152,6 +152,11 @@ class ErrorLog:
         self.log(INFO, message)
 
 
+def strerror(code: int) -> str:
+    """nginx's `(24: Too many open files)` after the system call that failed."""
+    return f"({code}: {os.strerror(code)})"
+
+
 def startup_log(path: str) -> ErrorLog:
     """The log used before the configuration names one: `-e` or the built-in default."""
     try:

@@ -19,13 +19,13 @@ from typing import Any
 from pyngx.core.cycle import Cycle
 from pyngx.core.epoll_io import Listener, Reactor
 from pyngx.core.listening import ListenGroup
-from pyngx.core.log import ALERT, EMERG, INFO, NOTICE
+from pyngx.core.log import ALERT, EMERG, INFO, NOTICE, strerror
 from pyngx.http.connection import HttpConnection
 from pyngx.http.module import HttpPort
 from pyngx.stream import udp
 from pyngx.stream.health import HealthCheckers, start_health_checks
 from pyngx.stream.resolver import UpstreamResolvers, start_resolvers
-from pyngx.stream.session import STATUS_OK, ClientSide, _strerror
+from pyngx.stream.session import STATUS_OK, ClientSide
 
 # Exit status of a worker that could not start (nginx's: the master does not respawn it).
 WORKER_FATAL_EXIT = 2
@@ -240,7 +240,7 @@ class Worker:
 
     def _accept_failed(self, exc: OSError) -> None:
         # nginx: ALERT, but ERR for ECONNABORTED (which Listener skips quietly).
-        self.cycle.error_log.log(ALERT, f"accept4() failed {_strerror(exc.errno or 0)}")
+        self.cycle.error_log.log(ALERT, f"accept4() failed {strerror(exc.errno or 0)}")
 
     def _http_ssl(self, group: ListenGroup) -> Any:
         assert group.default is not None

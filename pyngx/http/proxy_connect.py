@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import ssl
 from typing import Any
 
+from pyngx.core.log import ALERT, CRIT, strerror
 from pyngx.http.upstream_pool import UP_HIGH_WATER, UP_LOW_WATER, UpstreamConn
 
-
-def _strerror(code: int) -> str:
-    return f"({code}: {os.strerror(code)})"
+# create_connection's errors that come from socket(), not from connect().
+_SOCKET_ERRORS = (errno.EMFILE, errno.ENFILE)
 
 
 class Connector:
@@ -41,6 +40,8 @@ class Connector:
 
     def _connect_failed(self, message: str, action: str) -> None: ...
 
+    def _connect_error(self, level: int, message: str) -> None: ...
+
     async def _open(self, addr: Any, key: str) -> None:
         """Connect (and handshake); the outcome goes to _connected or _connect_failed."""
         loop = self.loop
@@ -54,6 +55,7 @@ class Connector:
             tls.NEXT_SESSION.set(ssl_conf.sessions.get(self.state.peer or ""))
         phase = "connect"
         conn: UpstreamConn | None = None
+        bound: socket.socket | None = None  # proxy_bind's socket until uvloop has it
         try:
 
             def factory() -> UpstreamConn:
@@ -62,10 +64,19 @@ class Connector:
             if addr.family == socket.AF_UNIX:
                 transport, conn = await loop.create_unix_connection(factory, addr.address)
             else:
-                local = conf.bind
-                transport, conn = await loop.create_connection(
-                    factory, addr.address[0], addr.address[1], local_addr=local
-                )
+                if conf.bind is not None:
+                    # proxy_bind: socket() and bind() here, so that their failures are told
+                    # apart from connect()'s (ngx_event_connect_peer: no next upstream).
+                    bound = self._bound_socket(addr, conf.bind)
+                    if bound is None:
+                        return
+                    await loop.sock_connect(bound, addr.address)
+                    transport, conn = await loop.create_connection(factory, sock=bound)
+                    bound = None
+                else:
+                    transport, conn = await loop.create_connection(
+                        factory, addr.address[0], addr.address[1]
+                    )
                 if conf.socket_keepalive:
                     sock = transport.get_extra_info("socket")
                     if sock is not None:
@@ -74,16 +85,23 @@ class Connector:
                 phase = "handshake"
                 conn = await self._handshake(conn, transport)
         except asyncio.CancelledError:
+            if bound is not None:
+                bound.close()
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()
             return
         except (OSError, EOFError, ssl.SSLError) as exc:
+            if bound is not None:
+                bound.close()
             self.connect_task = None
             if phase == "connect":
                 code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-                self._connect_failed(
-                    f"connect() failed {_strerror(code)}", "connecting to upstream"
-                )
+                if code in _SOCKET_ERRORS:
+                    # Out of descriptors: socket() failed, not connect() (uvloop makes the
+                    # socket inside create_connection; connect() never says EMFILE).
+                    self._connect_error(ALERT, f"socket() failed {strerror(code)}")
+                    return
+                self._connect_failed(f"connect() failed {strerror(code)}", "connecting to upstream")
             else:
                 from pyngx.stream.session import _upstream_tls_error
 
@@ -93,6 +111,27 @@ class Connector:
             return
         self.connect_task = None
         self._connected(conn)
+
+    def _bound_socket(self, addr: Any, local: tuple[str, int]) -> socket.socket | None:
+        """A non-blocking socket bound to `proxy_bind`'s address; None when socket() or
+        bind() failed (reported, and the request ends with 500)."""
+        try:
+            sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            code = exc.errno or 0
+            self._connect_error(ALERT, f"socket() failed {strerror(code)}")
+            return None
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+        except OSError as exc:
+            sock.close()
+            host, port = local
+            name = host if not port else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            code = exc.errno or 0
+            self._connect_error(CRIT, f"bind({name}) failed {strerror(code)}")
+            return None
+        return sock
 
     def _ssl_name(self) -> str | None:
         ssl_conf = self.conf.ssl

@@ -25,7 +25,7 @@ import os
 from time import time as _time
 from typing import TYPE_CHECKING, Any
 
-from pyngx.core.log import ERROR, INFO, WARN
+from pyngx.core.log import ERROR, INFO, WARN, strerror
 from pyngx.core.stepper import ConnectStep
 from pyngx.http.proxy_batch import ARMED, PENDING
 from pyngx.http.proxy_batch import flush as flush_batch
@@ -99,10 +99,6 @@ _ACTION = {
 # upstream head and the client-side inputs of the head, valid in the second their Date is of.
 CLIENT_HEADS_ENTRIES = 256
 _CLIENT_HEADS: dict[tuple[Any, ...], tuple[Any, int, bytes]] = {}
-
-
-def _strerror(code: int) -> str:
-    return f"({code}: {os.strerror(code)})"
 
 
 class Exchange(Connector, UpstreamVars):
@@ -320,6 +316,22 @@ class Exchange(Connector, UpstreamVars):
         self.log(ERROR, message, action)
         self.next(FT_ERROR)
 
+    def _connect_error(self, level: int, message: str) -> None:
+        """ngx_event_connect_peer's NGX_ERROR (socket() or bind() failed): no next upstream,
+        the request ends with 500. Called from inside the connect step, which ends."""
+        self.connect_task = None
+        timer = self.connect_timer
+        if timer is not None:
+            timer.cancel()
+            self.connect_timer = None
+        if self.phase != _CONNECTING:
+            return
+        if self.r.done:
+            self.abandon()
+            return
+        self.log(level, message, "connecting to upstream")
+        self.finalize(500)
+
     def _connected(self, conn: UpstreamConn) -> None:
         timer = self.connect_timer
         if timer is not None:
@@ -510,7 +522,7 @@ class Exchange(Connector, UpstreamVars):
             self._complete()
             return
         if isinstance(exc, OSError) and exc.errno:
-            self.log(ERROR, f"recv() failed {_strerror(exc.errno)}")
+            self.log(ERROR, f"recv() failed {strerror(exc.errno)}")
         else:
             self.log(ERROR, "upstream prematurely closed connection")
         if phase == _HEAD:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
 from pyngx.conf.values import UrlError, parse_url
 from pyngx.core.epoll_io import Connect
-from pyngx.core.log import ALERT, CRIT, ERROR, INFO, WARN
+from pyngx.core.log import ALERT, CRIT, ERROR, INFO, WARN, strerror
 from pyngx.core.stepper import Stepper
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.protocols import tls_client_hello
@@ -62,10 +61,6 @@ STATUS_OK, STATUS_BAD_REQUEST, STATUS_INTERNAL, STATUS_BAD_GATEWAY = 200, 400, 5
 _CONNECTING = "while connecting to upstream"
 
 
-def _strerror(code: int) -> str:
-    return f"({code}: {os.strerror(code)})"
-
-
 def _broken_header_message(buf: bytearray) -> str:
     """nginx's words for a bad header: it quotes (raw) what it read, up to the v1 maximum."""
     sig = pp.V2_SIGNATURE
@@ -91,9 +86,9 @@ def _upstream_tls_error(exc: BaseException, name: str | None) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"SSL_do_handshake() failed {tls._ssl_reason(exc)}"
     if isinstance(exc, ConnectionAbortedError):
-        return f"upstream timed out {_strerror(errno.ETIMEDOUT)}"
+        return f"upstream timed out {strerror(errno.ETIMEDOUT)}"
     if exc.errno if isinstance(exc, OSError) else None:
-        return f"SSL_do_handshake() failed {_strerror(exc.errno)}"  # type: ignore[union-attr]
+        return f"SSL_do_handshake() failed {strerror(exc.errno)}"  # type: ignore[union-attr]
     return "peer closed connection in SSL handshake"
 
 
@@ -581,7 +576,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
             )
         except OSError as exc:
             # ngx_event_connect_peer: no retry for these, the session ends with 500.
-            self.log(ALERT, f"socket() failed {_strerror(exc.errno or 0)} {_CONNECTING}")
+            self.log(ALERT, f"socket() failed {strerror(exc.errno or 0)} {_CONNECTING}")
             self.finalize(STATUS_INTERNAL)
             return
         local = srv.bind
@@ -590,7 +585,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
                 connect.sock.bind(local.address)
             except OSError as exc:
                 connect.cancel()
-                text = f"bind({local.host}) failed {_strerror(exc.errno or 0)} {_CONNECTING}"
+                text = f"bind({local.host}) failed {strerror(exc.errno or 0)} {_CONNECTING}"
                 self.log(CRIT, text)
                 self.finalize(STATUS_INTERNAL)
                 return
@@ -601,7 +596,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
         return UpstreamSide(self)
 
     def _connect_errno(self, err: int) -> None:
-        self._connect_failed(f"connect() failed {_strerror(err)}")
+        self._connect_failed(f"connect() failed {strerror(err)}")
 
     def _connect_task_done(self, task: asyncio.Task[Any]) -> None:
         if self.connect_task is task:
@@ -657,7 +652,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
             return
         except ssl_errors as exc:
             if phase == "connect":
-                self._connect_failed(f"connect() failed {_strerror(exc.errno or 0)}")
+                self._connect_failed(f"connect() failed {strerror(exc.errno or 0)}")
             else:
                 text = _upstream_tls_error(exc, conf.name)
                 self._connect_failed(text, "SSL handshaking to upstream")
@@ -854,18 +849,18 @@ class ClientSide(SessionLog, asyncio.Protocol):
                 return
             self.log(
                 INFO,
-                f"connection timed out {_strerror(errno.ETIMEDOUT)} while proxying connection",
+                f"connection timed out {strerror(errno.ETIMEDOUT)} while proxying connection",
             )
             self.finalize(STATUS_OK)
         elif state == CONNECTING:
             if self.connect_task is not None:
                 self.connect_task.cancel()
                 self.connect_task = None
-            self._connect_failed(f"upstream timed out {_strerror(errno.ETIMEDOUT)}")
+            self._connect_failed(f"upstream timed out {strerror(errno.ETIMEDOUT)}")
         elif state == READING_PROXY_HEADER:
             self.log(
                 INFO,
-                f"client timed out {_strerror(errno.ETIMEDOUT)} while reading PROXY protocol",
+                f"client timed out {strerror(errno.ETIMEDOUT)} while reading PROXY protocol",
             )
             self.finalize(STATUS_OK)
         elif state == PREREADING:
@@ -927,7 +922,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
             return
         if self.state != DONE:
             if exc is not None and isinstance(exc, OSError) and exc.errno:
-                self.log(INFO, f"recv() failed {_strerror(exc.errno)} while proxying connection")
+                self.log(INFO, f"recv() failed {strerror(exc.errno)} while proxying connection")
             self.finalize(self.status)
         self._maybe_forget()
 
@@ -938,7 +933,7 @@ class ClientSide(SessionLog, asyncio.Protocol):
             if exc is not None and isinstance(exc, OSError) and exc.errno:
                 self.log(
                     ERROR,
-                    f"recv() failed {_strerror(exc.errno)}"
+                    f"recv() failed {strerror(exc.errno)}"
                     " while proxying and reading from upstream",
                 )
             self.finalize(self.status)

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from pyngx.core.log import ERROR, INFO
+from pyngx.core.log import ERROR, INFO, strerror
 from pyngx.protocols import proxy_protocol as pp
 from pyngx.stream.session_log import SessionLog, peer_text
 from pyngx.upstream import Balancer, Peer, PickContext
@@ -41,10 +40,6 @@ if TYPE_CHECKING:
 STATUS_OK, STATUS_BAD_GATEWAY = 200, 502
 # The largest datagram: an upstream answer is read whole into one buffer.
 MAX_DATAGRAM = 65535
-
-
-def _strerror(code: int) -> str:
-    return f"({code}: {os.strerror(code)})"
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -234,7 +229,7 @@ class UdpSession(SessionLog):
                 sock.close()
                 self.log(
                     ERROR,
-                    f"connect() failed {_strerror(exc.errno or 0)} while connecting to upstream",
+                    f"connect() failed {strerror(exc.errno or 0)} while connecting to upstream",
                 )
                 pick.now = self.loop.time()
                 balancer.free(peer, pick, failed=True)
@@ -288,7 +283,7 @@ class UdpSession(SessionLog):
             # A pending ICMP error reported on send: nginx ends the session (status 200).
             self.log(
                 ERROR,
-                f"send() failed {_strerror(exc.errno or 0)} while proxying and sending to upstream",
+                f"send() failed {strerror(exc.errno or 0)} while proxying and sending to upstream",
             )
             self.finalize(STATUS_OK)
             return
@@ -323,7 +318,7 @@ class UdpSession(SessionLog):
         answer and stops reading the peer; the session then ends by its usual rules."""
         self.log(
             ERROR,
-            f"recv() failed {_strerror(exc.errno or 0)} while proxying and reading from upstream",
+            f"recv() failed {strerror(exc.errno or 0)} while proxying and reading from upstream",
         )
         self.responses += 1
         if self.fd >= 0:
@@ -366,7 +361,7 @@ class UdpSession(SessionLog):
             self.finalize(STATUS_OK)
             return
         self.log(
-            ERROR, f"upstream timed out {_strerror(errno.ETIMEDOUT)} while proxying connection"
+            ERROR, f"upstream timed out {strerror(errno.ETIMEDOUT)} while proxying connection"
         )
         self.finalize(STATUS_BAD_GATEWAY)
 
