@@ -14,7 +14,9 @@ retries, timeouts, error pages, the access log, $upstream_* variables.
 
 The post-read phase (TLS checks, realip) and the location's preaccess and access handlers
 (realip, limit_conn, limit_req, allow/deny) still run for every request: they look at the
-connection, not only the head. The upstream request head is built per request
+connection, not only the head. (A post-read handler that cannot act on the lane's port and
+server, by its `applies(port, srv)`, is left out: TLS checks on a plain port, realip with no
+settings.) The upstream request head is built per request
 (proxy_request.build_head) unless no proxy_set_header has a variable, so $remote_addr or
 $proxy_add_x_forwarded_for are evaluated for each request.
 """

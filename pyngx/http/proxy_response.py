@@ -100,7 +100,8 @@ _SPACE_IN_NAME = re.compile(r"\n[^:\n \t]*[ \t]")
 
 # Parsed heads by their bytes: an upstream answering the same resource sends the same head
 # (but for Date, once a second), so most heads are parsed once. A hit makes a fresh Head
-# (the copy records framing on it) sharing the validated, never mutated, `lines`.
+# (the copy records framing on it) sharing the validated, never mutated, `lines`; a response
+# answered whole (proxy_run.Exchange._whole_response) shares one Head kept with its copy.
 HEAD_CACHE_ENTRIES = 256
 HEAD_CACHE_MAX = 2048
 _HEADS: dict[bytes, tuple[int, str, list[str], bool, dict[int, Any]]] = {}
