@@ -451,16 +451,10 @@ class HttpConnection(asyncio.Protocol):
     def start_known_request(self, record: HeadRecord, rest: bytes) -> Request:
         """_start_request for a head whose record says where it goes (proxy_lane.py): a
         request without a body, its phases left to the caller."""
-        # _begin_known and _cancel_timer, inline: this runs for every proxied request.
-        if self.stats is not None:
-            self.stats.writing(self)
-        req = self.new_request(record)
-        self.request = req
-        self.state = _BUSY
-        self.requests += 1
+        req = self._begin_known(record)
         self.body = None
         self.buf = rest
-        self.timer_kind = ""
+        self.timer_kind = ""  # _cancel_timer
         return req
 
     def log_request(self, req: Request) -> None:

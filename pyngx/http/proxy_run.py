@@ -303,34 +303,32 @@ class Exchange(Connector, UpstreamVars):
         self.log(ERROR, f"upstream timed out {_ETIMEDOUT}")
         self.next(FT_TIMEOUT)
 
-    def _connect_failed(self, message: str, action: str) -> None:
+    def _connect_ended(self) -> bool:
+        """The connect of this try ended without a connection: its timer goes; True when the
+        try still stands (a request gone meanwhile is abandoned here)."""
         timer = self.connect_timer
         if timer is not None:
             timer.cancel()
             self.connect_timer = None
         if self.phase != _CONNECTING:
-            return
+            return False
         if self.r.done:
             self.abandon()
-            return
-        self.log(ERROR, message, action)
-        self.next(FT_ERROR)
+            return False
+        return True
+
+    def _connect_failed(self, message: str, action: str) -> None:
+        if self._connect_ended():
+            self.log(ERROR, message, action)
+            self.next(FT_ERROR)
 
     def _connect_error(self, level: int, message: str) -> None:
         """ngx_event_connect_peer's NGX_ERROR (socket() or bind() failed): no next upstream,
         the request ends with 500. Called from inside the connect step, which ends."""
         self.connect_task = None
-        timer = self.connect_timer
-        if timer is not None:
-            timer.cancel()
-            self.connect_timer = None
-        if self.phase != _CONNECTING:
-            return
-        if self.r.done:
-            self.abandon()
-            return
-        self.log(level, message, "connecting to upstream")
-        self.finalize(500)
+        if self._connect_ended():
+            self.log(level, message, "connecting to upstream")
+            self.finalize(500)
 
     def _connected(self, conn: UpstreamConn) -> None:
         timer = self.connect_timer

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from tests.conftest import ServerFactory
-from tests.harness import free_port
+from tests.harness import free_port, recv_until
 from tests.http_backend import ClientReader, HttpBackend, http_get, origin
 
 __all__ = ["origin"]
@@ -70,13 +70,7 @@ def test_proxy_bind_to_a_local_address_connects_from_it(pyngx: ServerFactory) ->
     def serve() -> None:
         conn, addr = listener.accept()
         with conn:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            recv_until(conn, b"\r\n\r\n")
             peers.append(addr[0])
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
