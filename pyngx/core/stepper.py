@@ -59,6 +59,10 @@ class CoroStep:
         if fut is not None:
             fut.remove_done_callback(self._wake)
             self.fut = None
+            # As Task.cancel: the awaited future is cancelled too. Left pending, it is ended
+            # later by the coroutine's own clean-up (uvloop's connect waiter gets the
+            # CancelledError), and logged as "Future exception was never retrieved".
+            fut.cancel()
             self.step(asyncio.CancelledError())
 
 

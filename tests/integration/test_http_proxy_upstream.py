@@ -296,6 +296,29 @@ def test_connect_timeout(pyngx: ServerFactory, blackhole: int) -> None:
         r"upstream timed out \(110: Connection timed out\) while connecting to upstream, "
         r".*upstream: \"http://127\.0\.0\.1:\d+/ct\""
     )
+    # The abandoned connect leaves nothing behind ("Future exception was never retrieved").
+    assert "[alert]" not in server.error_log_text()
+
+
+def test_client_gone_while_connecting(pyngx: ServerFactory, blackhole: int) -> None:
+    """A client that closes while the upstream connect is pending: nginx's info line, the
+    connect abandoned without an alert, and the worker serving on."""
+    server, port = start(
+        pyngx,
+        "server { LISTEN;\n"
+        f"  location / {{ proxy_pass http://127.0.0.1:{blackhole}; }}\n"
+        "  location = /ok { return 200 ok; } }",
+    )
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(f"GET /gone{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            time.sleep(0.3)  # the connect is pending (the blackhole answers no SYN)
+        server.wait_for_log(
+            rf"\*{i + 1} epoll_wait\(\) reported that client prematurely closed connection "
+            rf"while connecting to upstream, .*upstream: \"http://127\.0\.0\.1:\d+/gone{i}\""
+        )
+    assert http_get(port, "/ok").status == 200
+    assert "[alert]" not in server.error_log_text()
 
 
 def test_read_timeout(pyngx: ServerFactory, origin: Origin) -> None:
