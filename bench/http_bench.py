@@ -581,6 +581,11 @@ def parse(argv: list[str] | None) -> tuple[Settings, HttpSettings]:
     return settings, hs
 
 
+def _interpreter() -> str:
+    """The interpreter binary behind this venv (bench/run picks it: see "Which Python")."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
 def main(argv: list[str] | None = None) -> int:
     settings, hs = parse(argv)
     if (os.cpu_count() or 1) < 2:
@@ -598,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         # A shared machine: other jobs steal CPU from whichever proxy is being measured.
         print(f"note: load average {load[0]:.2f} before starting: expect noise", file=sys.stderr)
     started = time.time()
+    print(f"pyngx runs on Python {platform.python_version()} ({_interpreter()})", file=sys.stderr)
     all_layouts = stream_bench.layouts(os.cpu_count() or 2)
     try:
         with stream_bench.workdir(settings.keep) as wd:
@@ -633,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start_1_5_15": load,
         "loadavg_end_1_5_15": load_end,
         "python": platform.python_version(),
+        "python_executable": _interpreter(),
         "nginx": subprocess.run(
             [settings.nginx, "-v"], capture_output=True, text=True, check=False
         ).stderr.strip(),

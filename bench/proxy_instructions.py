@@ -1,8 +1,8 @@
 """The HTTP proxy's own work per request, in instructions: a number that does not move with
 the machine's load (S4's req/s on a shared VM moves ±15 % between identical runs).
 
-    .venv/bin/python -m bench.proxy_instructions            # µs per request (noisy)
-    .venv/bin/python -m bench.proxy_instructions --valgrind  # instructions per request
+    .venv-bench/bin/python -m bench.proxy_instructions            # µs per request (noisy)
+    .venv-bench/bin/python -m bench.proxy_instructions --valgrind  # instructions per request
 
 It runs S4's proxy (a location with `proxy_pass` to an upstream with `keepalive`) inside this
 process, on a uvloop loop, with fake transports: the client connections "send" the same
