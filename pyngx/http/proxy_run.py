@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 from time import time as _time
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +79,7 @@ _STATUS_BY_FT = {
     FT_HTTP_429: 429,
 }
 _NON_IDEMPOTENT = frozenset(("POST", "LOCK", "PATCH"))
-_ETIMEDOUT = f"({errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)})"
+_ETIMEDOUT = strerror(errno.ETIMEDOUT)
 
 # Phases of an exchange.
 _NEW, _CONNECTING, _HEAD, _BODY, _TUNNEL, _DONE = range(6)
